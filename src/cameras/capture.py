@@ -1,0 +1,268 @@
+"""Record one layer's output and the gradient of a class score with respect to it.
+
+Everything here touches the user's model only inside a ``with`` block: hooks are
+registered on entry and removed on exit (also when the body raises), and every
+module's ``training`` flag is restored. Parameters are never modified, and their
+``requires_grad`` flags are never changed.
+
+Speed and memory come from one trick (see ``LayerCapture``): the forward pass runs
+under ``torch.no_grad()`` up to the layer, so no autograd graph is kept for the
+expensive part of the network; the hook then switches gradients on and hands the
+rest of the network a fresh leaf tensor, so the backward pass stops at the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LayerSpec = str | nn.Module | None
+
+# A probe input's two sizes: a layer whose output grows between them is a spatial
+# feature map; adaptive pools (fixed output size) and the classifier do not grow.
+_PROBE_SIZES = (64, 96)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-less model)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def logits_of(output: object) -> torch.Tensor:
+    """The (B, K) class scores from a model's output: a tensor, an object with
+    ``.logits`` (Hugging Face style), a dict with ``"logits"``, or a tuple whose
+    first element is the scores."""
+    if isinstance(output, torch.Tensor):
+        scores = output
+    elif hasattr(output, "logits"):
+        scores = output.logits
+    elif isinstance(output, dict) and "logits" in output:
+        scores = output["logits"]
+    elif isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        scores = output[0]
+    else:
+        raise TypeError(
+            f"the model returned {type(output).__name__}; expected a (B, K) tensor of class "
+            "scores or an object with .logits"
+        )
+    if scores.dim() != 2:
+        raise ValueError(
+            f"the model's class scores have shape {tuple(scores.shape)}; expected (B, K)"
+        )
+    return scores
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the body with every module in eval mode, then put back each module's own flag.
+
+    Eval mode matters for exactness (dropout off) and for safety: in training mode
+    BatchNorm would overwrite the user's running statistics on every scale.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
+    """Find the layer to explain: a dotted module name, the module itself, or None (automatic).
+
+    Returns (name, module). An unknown name raises ValueError listing the closest names.
+    """
+    modules = dict(model.named_modules())
+    if layer is None:
+        name = auto_layer_name(model)
+        return name, modules[name]
+    if isinstance(layer, nn.Module):
+        for name, module in modules.items():
+            if module is layer:
+                return name, module
+        raise ValueError("layer: the module given is not part of the model")
+    if isinstance(layer, str):
+        if layer in modules and layer != "":
+            return layer, modules[layer]
+        names = [n for n in modules if n]
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
+        hint = (
+            f"; closest: {', '.join(close)}" if close else f"; the model has {len(names)} modules"
+        )
+        raise ValueError(f"layer {layer!r} is not a module of the model{hint}")
+    raise TypeError(f"layer must be a module name, a module or None, not {type(layer).__name__}")
+
+
+def auto_layer_name(model: nn.Module) -> str:
+    """The last module, in execution order, whose 4-D output grows with the input size.
+
+    This is the last spatial feature map before global pooling: ResNet ``layer4``,
+    DenseNet ``features``, VGG ``features`` (its adaptive pool is skipped because its
+    size is fixed), timm EfficientNet ``bn2``. Modules that run more than once per
+    forward pass (a shared ReLU) are skipped: their output is ambiguous.
+    """
+    sizes: list[dict[str, tuple[int, ...]]] = []
+    counts: list[dict[str, int]] = []
+    orders: list[list[str]] = []
+    device = model_device(model)
+    for size in _PROBE_SIZES:
+        seen: dict[str, tuple[int, ...]] = {}
+        count: dict[str, int] = {}
+        order: list[str] = []
+
+        def record(name: str) -> Callable:
+            def hook(_module, _inputs, output):
+                count[name] = count.get(name, 0) + 1
+                if isinstance(output, torch.Tensor) and output.dim() == 4:
+                    seen[name] = tuple(output.shape[2:])
+                    if name in order:
+                        order.remove(name)
+                    order.append(name)
+
+            return hook
+
+        handles = [
+            module.register_forward_hook(record(name))
+            for name, module in model.named_modules()
+            if name
+        ]
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(torch.zeros(1, 3, size, size, device=device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        sizes.append(seen)
+        counts.append(count)
+        orders.append(order)
+    small, large = sizes
+    for name in reversed(orders[1]):
+        grows = name in small and all(b > a for a, b in zip(small[name], large[name], strict=True))
+        if grows and counts[1].get(name) == 1:
+            return name
+    raise ValueError(
+        "layer: could not find a spatial 4-D layer automatically; pass layer='<module name>'"
+    )
+
+
+@dataclass
+class ScaleCapture:
+    """What one forward/backward pass at one input size gives."""
+
+    logits: torch.Tensor  # (B, K), detached
+    activations: torch.Tensor  # (B, C, h, w), detached
+    gradients: torch.Tensor  # (B, C, h, w): d logit_target / d activations
+
+
+class LayerCapture:
+    """Hooks one layer for the duration of a ``with`` block.
+
+    Inside the block, ``run(x, targets)`` does one forward pass and one backward pass
+    that stops at the layer. ``targets`` may be a (B,) tensor of class indices or a
+    callable ``(logits) -> targets``, evaluated once the scores are known (used to take
+    the top-1 class of the first scale).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.layer_name, self.layer = resolve_layer(model, layer)
+        self.reshape_transform = reshape_transform
+        self._leaves: list[torch.Tensor] = []
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> LayerCapture:
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(eval_mode(self.model))
+            handle = self.layer.register_forward_hook(self._hook)
+            stack.callback(handle.remove)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._leaves.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _hook(self, _module: nn.Module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"layer {self.layer_name!r} returned {type(output).__name__}; pick a layer "
+                "whose output is a tensor"
+            )
+        # From here on the network builds a graph, rooted at a leaf that holds the
+        # layer's output: the backward pass then ends here. The no_grad() block that
+        # ``run`` opened restores the grad mode when the forward pass returns.
+        torch.set_grad_enabled(True)
+        leaf = output.detach().requires_grad_(True)
+        self._leaves.append(leaf)
+        # A copy for the rest of the network, so that an in-place op downstream (a
+        # ReLU(inplace=True)) changes neither the recorded activations nor the leaf.
+        return leaf.clone()
+
+    def run(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[ScaleCapture, torch.Tensor]:
+        """Forward ``x`` (B, 3, h, w), back-propagate the targets' pre-softmax scores to the layer.
+
+        Returns the capture and the (B,) targets actually used.
+        """
+        if self._stack is None:
+            raise RuntimeError("LayerCapture.run must be called inside its with-block")
+        self._leaves.clear()
+        with torch.no_grad():
+            output = self.model(x)
+        leaves, self._leaves = self._leaves, []
+        if len(leaves) != 1:
+            raise RuntimeError(
+                f"layer {self.layer_name!r} ran {len(leaves)} times in one forward pass; "
+                "pick a layer that runs exactly once"
+            )
+        leaf = leaves[0]
+        logits = logits_of(output)
+        if callable(targets):
+            targets = targets(logits.detach())
+        targets = targets.to(logits.device)
+        num_classes = logits.shape[1]
+        bad = (targets < 0) | (targets >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"class {int(targets[bad][0])} is out of range: the model has {num_classes} classes"
+            )
+        if not logits.requires_grad:
+            raise RuntimeError(
+                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
+                "that feeds the classifier"
+            )
+        score = logits.gather(1, targets[:, None]).sum()
+        (gradients,) = torch.autograd.grad(score, leaf)
+        activations = leaf.detach()
+        if self.reshape_transform is not None:
+            activations = self.reshape_transform(activations)
+            gradients = self.reshape_transform(gradients)
+        if activations.dim() != 4:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives a {tuple(activations.shape)} output; a "
+                "saliency map needs (B, C, h, w): pick a convolutional layer or pass "
+                "reshape_transform"
+            )
+        return ScaleCapture(logits.detach(), activations, gradients.detach()), targets

@@ -1,0 +1,89 @@
+"""Reading images robustly and mapping saliency maps back to an image's own size."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+class ImageError(ValueError):
+    """An input image could not be used; the message names the file and the reason."""
+
+
+def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files and folders (top level, image suffixes) into image paths.
+
+    Returns (images, errors): a missing path is an error line, not an exception, so
+    the other inputs still run. Files named explicitly are kept whatever their suffix.
+    """
+    images: list[Path] = []
+    errors: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                errors.append(f"{path}: no images in this folder")
+            images.extend(found)
+        elif path.is_file():
+            images.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return images, errors
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as 8-bit RGB, upright (EXIF orientation applied).
+
+    Grayscale and palette images become RGB; 16-bit images are scaled to 8 bits (not
+    clipped); transparent pixels are laid on white. Raises ImageError naming the file.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file")
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(opened)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: unreadable image ({error})") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: image too large ({error})") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB without clipping 16-bit data or losing transparency to black."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_map(saliency: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(h, w) map in [0, 1] -> (height, width) float32 NumPy array in [0, 1], bilinear."""
+    resized = F.interpolate(
+        saliency[None, None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )[0, 0]
+    return resized.clamp(0, 1).cpu().numpy().astype(np.float32)

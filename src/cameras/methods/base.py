@@ -1,0 +1,165 @@
+"""The result type every method returns, and the base class that owns the forward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..capture import LayerCapture, LayerSpec, model_device, resolve_layer
+from ..fusion import normalise_maps
+
+Targets = None | int | str | Sequence[int | str] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ScaleRecord:
+    """What the model predicted at one input size, and whether that size was used."""
+
+    scale: int  # the input's shorter side at this step
+    size: tuple[int, int]  # (height, width) fed to the model
+    top1: int
+    probability: float  # softmax probability of top1
+    kept: bool
+
+
+@dataclass
+class Explanation:
+    """Saliency maps for a batch.
+
+    maps: (B, H, W) float32 in [0, 1], the input batch's height and width, on the
+        input's device.
+    targets: the class explained, per image.
+    scales: per image, one ScaleRecord per input size tried (kept or not).
+    probabilities: (B, K) softmax of the model's scores at the input's own size.
+    """
+
+    maps: torch.Tensor
+    targets: list[int]
+    scales: list[list[ScaleRecord]]
+    probabilities: torch.Tensor
+    method: str
+    layer: str
+    class_names: list[str] | None = None
+
+    @property
+    def target_names(self) -> list[str] | None:
+        if self.class_names is None:
+            return None
+        return [self.class_names[t] for t in self.targets]
+
+
+class SaliencyMethod:
+    """Base class: validates arguments, hooks the layer for one call, builds the result.
+
+    Subclasses implement ``_explain(capture, x, targets) -> (raw maps, targets, scales,
+    probabilities)``; raw maps are (B, H, W) and non-negative, normalised here.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        class_names: Sequence[str] | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self.layer_name, self.layer = resolve_layer(model, layer)
+        if class_names is None:
+            from ..models import class_names_for
+
+            class_names = class_names_for(model)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.reshape_transform = reshape_transform
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> Explanation:
+        """Explain a (B, 3, H, W) batch (or one (3, H, W) image) for ``targets``.
+
+        targets: None (each image's top-1 class), an int or class name (all images),
+        or a sequence with one int or name per image.
+        """
+        x = self._check_input(x)
+        source_device = x.device
+        x = x.to(model_device(self.model))
+        wanted = self._check_targets(targets, x.shape[0])
+        with LayerCapture(self.model, self.layer, self.reshape_transform) as capture:
+            maps, used, scales, probabilities = self._explain(capture, x, wanted)
+        return Explanation(
+            maps=normalise_maps(maps.float()).to(source_device),
+            targets=[int(t) for t in used],
+            scales=scales,
+            probabilities=probabilities.to(source_device),
+            method=self.name,
+            layer=self.layer_name,
+            class_names=self.class_names,
+        )
+
+    def _explain(
+        self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[ScaleRecord]], torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_input(x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or x.shape[0] == 0:
+            raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")
+        return x
+
+    def class_index(self, target: int | str) -> int:
+        """A class index from an index or a class name (exact, case-insensitive)."""
+        if isinstance(target, bool):
+            raise TypeError("targets: a class must be an int or a name, not a bool")
+        if isinstance(target, int):
+            if target < 0 or (self.class_names is not None and target >= len(self.class_names)):
+                size = len(self.class_names) if self.class_names is not None else "?"
+                raise ValueError(f"class {target} is out of range: the model has {size} classes")
+            return target
+        if isinstance(target, str):
+            if self.class_names is None:
+                raise ValueError(
+                    f"class {target!r}: the model has no class names; pass an index or class_names="
+                )
+            from ..models import find_class
+
+            return find_class(target, self.class_names)
+        raise TypeError(f"targets: a class must be an int or a name, not {type(target).__name__}")
+
+    def _check_targets(self, targets: Targets, batch: int) -> torch.Tensor | None:
+        if targets is None:
+            return None
+        if isinstance(targets, torch.Tensor):
+            targets = targets.flatten().tolist() if targets.dim() else int(targets)
+        if isinstance(targets, int | str):
+            return torch.full((batch,), self.class_index(targets), dtype=torch.long)
+        targets = list(targets)
+        if len(targets) != batch:
+            raise ValueError(f"targets: got {len(targets)} classes for a batch of {batch} images")
+        return torch.tensor([self.class_index(t) for t in targets], dtype=torch.long)
+
+
+def top1_of(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's top-1 class (used when no class is given)."""
+    return logits.argmax(1)
+
+
+def scale_records(
+    logits: torch.Tensor, scale: int, size: tuple[int, int], kept: torch.Tensor
+) -> list[ScaleRecord]:
+    """One ScaleRecord per image for the scores ``logits`` (B, K) at one input size."""
+    probability, top1 = torch.softmax(logits.float(), 1).max(1)
+    return [
+        ScaleRecord(scale, size, int(c), float(p), bool(k))
+        for c, p, k in zip(top1.tolist(), probability.tolist(), kept.tolist(), strict=True)
+    ]

