@@ -94,9 +94,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
             return layer, modules[layer]
         names = [n for n in modules if n]
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
-        hint = (
-            f"; closest: {', '.join(close)}" if close else f"; the model has {len(names)} modules"
-        )
+        hint = f"; closest: {', '.join(close)}" if close else f"; it has {len(names)} modules"
         raise ValueError(f"layer {layer!r} is not a module of the model{hint}")
     raise TypeError(f"layer must be a module name, a module or None, not {type(layer).__name__}")
 
@@ -109,48 +107,45 @@ def auto_layer_name(model: nn.Module) -> str:
     size is fixed), timm EfficientNet ``bn2``. Modules that run more than once per
     forward pass (a shared ReLU) are skipped: their output is ambiguous.
     """
-    sizes: list[dict[str, tuple[int, ...]]] = []
-    counts: list[dict[str, int]] = []
-    orders: list[list[str]] = []
     device = model_device(model)
-    for size in _PROBE_SIZES:
-        seen: dict[str, tuple[int, ...]] = {}
-        count: dict[str, int] = {}
-        order: list[str] = []
-
-        def record(name: str) -> Callable:
-            def hook(_module, _inputs, output):
-                count[name] = count.get(name, 0) + 1
-                if isinstance(output, torch.Tensor) and output.dim() == 4:
-                    seen[name] = tuple(output.shape[2:])
-                    if name in order:
-                        order.remove(name)
-                    order.append(name)
-
-            return hook
-
-        handles = [
-            module.register_forward_hook(record(name))
-            for name, module in model.named_modules()
-            if name
-        ]
-        try:
-            with eval_mode(model), torch.no_grad():
-                model(torch.zeros(1, 3, size, size, device=device))
-        finally:
-            for handle in handles:
-                handle.remove()
-        sizes.append(seen)
-        counts.append(count)
-        orders.append(order)
-    small, large = sizes
-    for name in reversed(orders[1]):
+    small, _, _ = _probe_spatial_outputs(model, _PROBE_SIZES[0], device)
+    large, counts, order = _probe_spatial_outputs(model, _PROBE_SIZES[1], device)
+    for name in reversed(order):
         grows = name in small and all(b > a for a, b in zip(small[name], large[name], strict=True))
-        if grows and counts[1].get(name) == 1:
+        if grows and counts.get(name) == 1:
             return name
     raise ValueError(
         "layer: could not find a spatial 4-D layer automatically; pass layer='<module name>'"
     )
+
+
+def _probe_spatial_outputs(model: nn.Module, size: int, device: torch.device):
+    """One no-grad forward pass of a (1, 3, size, size) zero image, recording for every
+    module its 4-D output's spatial size, how often it ran, and the order they finished."""
+    spatial: dict[str, tuple[int, ...]] = {}
+    counts: dict[str, int] = {}
+    order: list[str] = []
+
+    def record(name: str) -> Callable:
+        def hook(_module, _inputs, output):
+            counts[name] = counts.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                spatial[name] = tuple(output.shape[2:])
+                if name in order:
+                    order.remove(name)
+                order.append(name)
+
+        return hook
+
+    named = [(name, module) for name, module in model.named_modules() if name]
+    handles = [module.register_forward_hook(record(name)) for name, module in named]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return spatial, counts, order
 
 
 @dataclass

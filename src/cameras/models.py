@@ -110,7 +110,8 @@ class Preprocess:
         return x * self.std.to(x.device) + self.mean.to(x.device)
 
     def __repr__(self) -> str:
-        return f"Preprocess(size={self.size}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
+        return f"Preprocess(size={self.size}, mean={mean}, std={std})"
 
 
 def load_model(

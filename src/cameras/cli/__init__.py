@@ -22,7 +22,7 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cameras",
-        description="Sharp, class-specific saliency maps (CAMERAS, CVPR 2021) for image classifiers.",
+        description="Sharp, class-specific saliency maps (CAMERAS, CVPR 2021) for classifiers.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:

@@ -69,7 +69,7 @@ class CAMERAS(SaliencyMethod):
             scales = [int(s) for s in scales]
             if not scales or any(s < 1 for s in scales):
                 raise ValueError(f"scales must be positive sizes, got {scales}")
-            if any(b <= a for a, b in zip(scales, scales[1:])):
+            if any(b <= a for a, b in zip(scales, scales[1:], strict=False)):
                 raise ValueError(f"scales must be strictly ascending, got {scales}")
         self.scales = scales
         self.strict = strict
