@@ -1,0 +1,58 @@
+"""Small models and inputs shared by the core tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+def photo_batch(names=("chelsea",), size=(64, 96)) -> torch.Tensor:
+    """Real photos from scikit-image, resized to ``size`` and ImageNet-normalised: (B, 3, h, w)."""
+    from skimage import data
+
+    batch = []
+    for name in names:
+        pixels = torch.from_numpy(np.ascontiguousarray(getattr(data, name)())).float() / 255
+        image = pixels.permute(2, 0, 1)[None]
+        image = F.interpolate(image, size=size, mode="bilinear", antialias=True)
+        batch.append((image - 0.45) / 0.225)
+    return torch.cat(batch)
+
+
+def seeded(arch: str, seed: int, num_classes: int = 10) -> nn.Module:
+    """A torchvision architecture with seeded random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return getattr(torchvision.models, arch)(num_classes=num_classes).eval()
+
+
+class TinyNet(nn.Module):
+    """A small CNN cheap enough to run the oracle at the paper's default scales."""
+
+    def __init__(self, num_classes: int = 5, inplace: bool = False) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+        )
+        self.act = nn.ReLU(inplace=inplace)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.features(x))).flatten(1))
+
+
+def hook_count(model: nn.Module) -> int:
+    """Every forward, pre-forward and backward hook on every module of the model."""
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
