@@ -51,8 +51,12 @@ def oracle_cameras(model, layer, image, scales, target=None, strict=None):
             continue
         kept.append(scale)
         act = store["a"].detach()
-        up_acts.append(F.interpolate(act, size=(height, width), mode="bilinear", align_corners=False))
-        up_grads.append(F.interpolate(grad, size=(height, width), mode="bilinear", align_corners=False))
+        up_acts.append(
+            F.interpolate(act, size=(height, width), mode="bilinear", align_corners=False)
+        )
+        up_grads.append(
+            F.interpolate(grad, size=(height, width), mode="bilinear", align_corners=False)
+        )
     mean_act = torch.stack(up_acts).mean(0)
     mean_grad = torch.stack(up_grads).mean(0)
     saliency = torch.relu((mean_act * mean_grad).sum(1))[0]

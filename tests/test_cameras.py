@@ -20,7 +20,9 @@ def assert_matches_oracle(model, layer, x, scales, targets=None, strict=None, or
     layer_module = dict(model.named_modules())[layer]
     for b in range(x.shape[0]):
         target = None if targets is None else targets[b]
-        expected, used, kept = oracle_cameras(model, layer_module, x[b : b + 1], scales, target, strict)
+        expected, used, kept = oracle_cameras(
+            model, layer_module, x[b : b + 1], scales, target, strict
+        )
         assert result.targets[b] == used
         assert [s.scale for s in result.scales[b] if s.kept] == kept
         diff = (result.maps[b] - expected).abs().max().item()
@@ -88,7 +90,10 @@ def test_batch_equals_single_calls_with_per_image_targets_and_scales():
         assert batched.targets[b] == single.targets[0]
         for got, want in zip(batched.scales[b], single.scales[0], strict=True):
             assert (got.scale, got.size, got.top1, got.kept) == (
-                want.scale, want.size, want.top1, want.kept
+                want.scale,
+                want.size,
+                want.top1,
+                want.kept,
             )
             assert got.probability == pytest.approx(want.probability, abs=1e-5)
         assert (batched.maps[b] - single.maps[0]).abs().max() <= TOL
