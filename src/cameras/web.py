@@ -1,0 +1,478 @@
+"""The web page behind ``cameras serve``: drop a photo, see what the model looks at.
+
+The page (Gradio) only moves data between the browser and the library: the model comes
+from ``load_model``, the maps from the classes in ``METHODS``, the photo from
+``load_image``, the map at the photo's size from ``resize_map`` and the picture from
+``viz.overlay``, exactly as ``cameras explain`` does; there is no saliency maths here.
+
+The functions above ``build_app`` need no Gradio, so they are usable and testable alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from .capture import eval_mode, logits_of, model_device
+from .images import ImageError, load_image, resize_map
+from .methods import METHODS, SaliencyMethod
+from .models import Preprocess, find_class
+from .viz import overlay
+
+MEGABYTE = 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * MEGABYTE
+MAX_SIDE = 8000  # pixels, either side of the photo
+
+# Quality presets: the largest CAMERAS scale for a 224-pixel input, in steps of 100 from
+# 224 (the paper's default is 924). Other input sizes use the same factors of their shorter
+# side, like ``default_scales``. Only CAMERAS uses scales; the other methods are single-scale.
+PRESETS = {"fewer": 624, "default": 924, "more": 1224}
+PRESET_BASE = 224
+
+# Seconds that result files are kept on disk, ours and Gradio's copies of them.
+KEEP_SECONDS = 3600
+# Longest side of the photo shown back to the user (the overlays keep the photo's size).
+PREVIEW_SIDE = 1024
+
+
+class WebError(ValueError):
+    """A problem with what the user gave the page; the message is one line for the page."""
+
+
+def preset_scales(preset: str, shorter_side: int) -> list[int]:
+    """CAMERAS scales (ascending shorter-side sizes) for a quality preset and an input
+    whose shorter side is ``shorter_side``; "default" equals ``default_scales``."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown quality preset {preset!r}; choose from {', '.join(PRESETS)}")
+    # round(shorter_side * s / 224) with halves up, in integers, as default_scales rounds.
+    return [
+        (2 * shorter_side * s + PRESET_BASE) // (2 * PRESET_BASE)
+        for s in range(PRESET_BASE, PRESETS[preset] + 1, 100)
+    ]
+
+
+def open_upload(
+    path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES, max_side: int = MAX_SIDE
+) -> Image.Image:
+    """An uploaded file -> upright 8-bit RGB PIL image, or WebError with a one-line reason
+    (too many bytes, too many pixels on a side, not an image). Messages name the file by its
+    own name, not the server's temporary path."""
+    path = Path(path)
+    name = path.name
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise WebError(f"{name}: the upload could not be read; please upload it again") from None
+    if size > max_bytes:
+        raise WebError(
+            f"{name}: the file is {size / MEGABYTE:.1f} MB, over the "
+            f"{max_bytes / MEGABYTE:g} MB limit"
+        )
+    try:
+        # Image.open reads the header only, so an oversized photo is refused before decoding.
+        with Image.open(path) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError:
+        raise WebError(f"{name}: the image has too many pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        width = height = 0  # not readable as an image: load_image below says why
+    if max(width, height) > max_side:
+        raise WebError(
+            f"{name}: the image is {width} x {height} pixels; "
+            f"the limit is {max_side} pixels on either side"
+        )
+    try:
+        return load_image(path)
+    except ImageError as error:
+        raise WebError(str(error).replace(str(path), name, 1)) from None
+
+
+def resolve_class(text: str | None, classes: Sequence[str] | None, num_classes: int) -> int:
+    """A class index from what the user picked or typed: an index ("281") or a class name
+    (exact, then case-insensitive). WebError, with the closest names, when it is neither."""
+    text = (text or "").strip()
+    if not text:
+        raise WebError("choose a class: pick one of the top-5 or type a class name")
+    if text.isdigit():
+        index = int(text)
+        if index >= num_classes:
+            raise WebError(f"class {index} is out of range: the model has {num_classes} classes")
+        return index
+    if classes is None:
+        raise WebError(
+            f"class {text!r}: this model has no class names; type an index from 0 to "
+            f"{num_classes - 1}"
+        )
+    try:
+        return find_class(text, classes)
+    except ValueError as error:
+        raise WebError(str(error)) from None
+
+
+@dataclass
+class MapResult:
+    """One method's map for one photo.
+
+    saliency: (H, W) float32 in [0, 1], the photo's own height and width.
+    """
+
+    method: str
+    saliency: np.ndarray
+    target: int
+    target_name: str
+    scales_kept: list[int]
+
+
+class Explainer:
+    """The model and one method object per (method, preset), built on first use and reused,
+    so the target layer is found once."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prep: Preprocess,
+        classes: Sequence[str] | None,
+        layer: str | None = None,
+    ) -> None:
+        self.model = model
+        self.prep = prep
+        self.classes = list(classes) if classes is not None else None
+        self.layer = layer
+        self._methods: dict[tuple[str, str], SaliencyMethod] = {}
+
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if self.classes is not None else f"class {index}"
+
+    def method(self, name: str, preset: str = "default") -> SaliencyMethod:
+        """The library method object ``name`` (a key of METHODS) for ``preset``."""
+        if name not in METHODS:
+            raise WebError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        key = (name, preset if name == "cameras" else "")
+        if key not in self._methods:
+            extra = {"scales": preset_scales(preset, self.prep.size)} if name == "cameras" else {}
+            method = METHODS[name](self.model, layer=self.layer, class_names=self.classes, **extra)
+            self.layer = method.layer_name  # later methods reuse it instead of probing again
+            self._methods[key] = method
+        return self._methods[key]
+
+    def top_classes(self, image: Image.Image, k: int = 5) -> tuple[list[tuple[int, float]], int]:
+        """The model's k most probable classes for a photo, as (index, probability in [0, 1])
+        in descending order, and the number of classes the model has."""
+        x = self.prep(image)[None].to(model_device(self.model))
+        with eval_mode(self.model), torch.no_grad():
+            probabilities = logits_of(self.model(x)).float().softmax(dim=1)[0]
+        values, indices = probabilities.topk(min(k, probabilities.numel()))
+        pairs = list(zip(indices.tolist(), values.tolist(), strict=True))
+        return pairs, probabilities.numel()
+
+    def explain(
+        self,
+        image: Image.Image,
+        target: int,
+        methods: Sequence[str],
+        preset: str = "default",
+        progress: Callable[[int, str], None] | None = None,
+    ) -> list[MapResult]:
+        """One map per method for ``target``, each resized to the photo's own size.
+
+        progress(i, name) is called before method i (0-based) starts.
+        """
+        if not methods:
+            raise WebError("choose at least one method")
+        x = self.prep(image)[None]
+        results = []
+        for i, name in enumerate(methods):
+            method = self.method(name, preset)
+            if progress is not None:
+                progress(i, name)
+            explanation = method(x, targets=target)
+            saliency = resize_map(explanation.maps[0], image.height, image.width)
+            kept = [s.scale for s in explanation.scales[0] if s.kept]
+            chosen = explanation.targets[0]
+            results.append(MapResult(name, saliency, chosen, self.class_name(chosen), kept))
+        return results
+
+
+def render(
+    image: Image.Image,
+    results: Sequence[MapResult],
+    alpha: float,
+    folder: Path,
+    stem: str,
+    cmap: str = "jet",
+    maps: Sequence[str] | None = None,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Write ``<stem>_<method>.png`` (overlay at the photo's size, map opacity ``alpha`` in
+    [0, 1]) and ``<stem>_<method>.npy`` (the float32 map) per result into ``folder``.
+
+    maps: the .npy paths already written for these results (a new opacity changes only
+    the overlays, and a map can be hundreds of MB); None writes them.
+    Returns (gallery items as (png path, caption), download paths: png, npy per result).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    items, files = [], []
+    for i, result in enumerate(results):
+        base = folder / f"{stem}_{result.method}"
+        png = base.with_suffix(".png")
+        overlay(image, result.saliency, cmap, alpha).save(png)
+        if maps is None:
+            npy = str(base.with_suffix(".npy"))
+            np.save(npy, result.saliency)
+        else:
+            npy = maps[i]
+        caption = f"{result.method}: {result.target_name} ({result.target})"
+        items.append((str(png), caption))
+        files.extend([str(png), npy])
+    return items, files
+
+
+class ResultFolders:
+    """Per-computation folders under one private temporary folder, removed at exit; those
+    older than ``keep_seconds`` are removed as new ones are made, so a long-running server
+    does not fill the disk (Gradio serves its own copies of the files it was handed)."""
+
+    def __init__(self, keep_seconds: float = KEEP_SECONDS) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cameras-web-"))
+        self.keep_seconds = keep_seconds
+        self._made: list[tuple[float, Path]] = []
+        atexit.register(shutil.rmtree, self.root, True)
+
+    def new(self) -> Path:
+        now = time.monotonic()
+        while self._made and now - self._made[0][0] > self.keep_seconds:
+            shutil.rmtree(self._made.pop(0)[1], ignore_errors=True)
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir()
+        self._made.append((now, folder))
+        return folder
+
+
+def _upload_path(upload) -> str | None:
+    # gr.File hands over a path string (or an object with .name in older releases).
+    if upload is None:
+        return None
+    return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+
+
+def _error(message: str) -> str:
+    return f"**Error:** {message}"
+
+
+def build_app(
+    explainer: Explainer,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_side: int = MAX_SIDE,
+    model_name: str | None = None,
+    title: str = "CAMERAS saliency",
+):
+    """The Gradio Blocks page. Model work runs through one queue slot (concurrency 1,
+    shared by upload and explain), so requests wait their turn instead of competing."""
+    # Analytics also switch on a version check over the network at launch: keep both off.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import gradio as gr
+
+    folders = ResultFolders()
+    size = explainer.prep.size
+    preset_choices = []
+    for preset in PRESETS:
+        scales = preset_scales(preset, size)
+        label = f"{preset}: {scales[0]}..{scales[-1]} ({len(scales)} scales)"
+        preset_choices.append((label, preset))
+    limits = f"up to {max_bytes / MEGABYTE:g} MB and {max_side} pixels a side"
+
+    # Gradio keeps a copy of every file it serves: drop those older than KEEP_SECONDS.
+    expiry = (600, KEEP_SECONDS)
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=expiry) as app:
+        gr.Markdown(
+            "## CAMERAS: what does the model look at?\n"
+            "Drop a photo, pick a class and one or more methods, then **Explain**. "
+            f"Model: `{model_name or type(explainer.model).__name__}`, "
+            f"input shorter side {size} px."
+        )
+        photo = gr.State(None)
+        computed = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label=f"Photo ({limits})", elem_id="upload", height=150)
+                preview = gr.Image(label="Photo", interactive=False, elem_id="preview", height=240)
+                top5 = gr.Label(num_top_classes=5, label="Top-5 classes", elem_id="top5")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    target = gr.Dropdown(
+                        label="Class to explain",
+                        info="one of the top-5, or type a class name or index",
+                        choices=[],
+                        allow_custom_value=True,
+                        filterable=True,
+                        elem_id="target",
+                    )
+                    preset = gr.Radio(
+                        choices=preset_choices,
+                        value="default",
+                        label="Quality (CAMERAS scales; more is sharper and slower)",
+                        elem_id="preset",
+                    )
+                methods = gr.CheckboxGroup(
+                    choices=list(METHODS),
+                    value=["cameras", "gradcam"],
+                    label="Methods",
+                    elem_id="methods",
+                )
+                with gr.Row():
+                    button = gr.Button("Explain", variant="primary", elem_id="explain")
+                    alpha = gr.Slider(
+                        0.0, 1.0, value=0.5, step=0.05, label="Map opacity", elem_id="alpha"
+                    )
+                status = gr.Markdown("Upload a photo to start.", elem_id="status")
+                gallery = gr.Gallery(
+                    label="Overlays",
+                    columns=2,
+                    height="auto",
+                    object_fit="contain",
+                    format="png",
+                    elem_id="overlays",
+                )
+                downloads = gr.File(
+                    label="Downloads: overlay .png and raw map .npy (float32, photo's size)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="downloads",
+                )
+
+        def shown(items: list, image: Image.Image):
+            # Up to three overlays a row; the gallery is made tall enough for every row at
+            # the photo's aspect ratio (about 700 px of width to share) plus the label and
+            # the gaps, so no overlay is cut or scrolled.
+            columns = min(len(items), 3)
+            rows = -(-len(items) // columns)
+            box = 700 // columns * image.height // image.width
+            return gr.Gallery(value=items, columns=columns, height=rows * (box + 40) + 80)
+
+        def on_upload(file):
+            # The drop zone is emptied every time, so it is always ready for the next photo;
+            # the preview and the status line say which photo is loaded.
+            cleared = (None, gr.Dropdown(choices=[], value=None), [], None, None)
+            path = _upload_path(file)
+            if path is None:
+                return (None, None, None, "Upload a photo to start.", *cleared)
+            try:
+                image = open_upload(path, max_bytes, max_side)
+            except WebError as error:
+                return (None, None, None, _error(str(error)), *cleared)
+            pairs, count = explainer.top_classes(image)
+            shown_photo = image.copy()
+            shown_photo.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # display only
+            label = {f"{explainer.class_name(i)} ({i})": p for i, p in pairs}
+            choices = [(f"{explainer.class_name(i)} ({i}), {p:.1%}", str(i)) for i, p in pairs]
+            return (
+                None,
+                {"image": image, "stem": Path(path).stem, "classes": count},
+                shown_photo,
+                f"**{Path(path).name}**: {image.width} x {image.height} px. "
+                "Choose a class and methods, then Explain.",
+                label,
+                gr.Dropdown(choices=choices, value=choices[0][1]),
+                [],
+                None,
+                None,
+            )
+
+        # Gradio finds the progress bar by this default value, hence the call in the signature.
+        def on_explain(state, text, chosen, quality, opacity, progress=gr.Progress()):  # noqa: B008
+            if state is None:
+                return _error("upload a photo first"), gr.Gallery(), None, None
+            try:
+                index = resolve_class(text, explainer.classes, state["classes"])
+                chosen = [name for name in METHODS if name in (chosen or [])]
+
+                def step(i: int, name: str) -> None:
+                    progress((i, len(chosen)), desc=f"{name} ({i + 1} of {len(chosen)})")
+
+                results = explainer.explain(state["image"], index, chosen, quality, step)
+            except WebError as error:
+                return _error(str(error)), gr.Gallery(), None, None
+            items, files = render(state["image"], results, opacity, folders.new(), state["stem"])
+            kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
+            note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
+            message = f"Explained **{results[0].target_name}** ({index}){note}."
+            done = {
+                "results": results,
+                "image": state["image"],
+                "stem": state["stem"],
+                "maps": files[1::2],
+            }
+            return message, shown(items, state["image"]), files, done
+
+        def on_opacity(done, opacity):
+            if done is None:
+                return gr.Gallery(), None
+            image, results, stem = done["image"], done["results"], done["stem"]
+            # The maps written at Explain are reused unless their folder has expired.
+            maps = done["maps"] if all(Path(m).exists() for m in done["maps"]) else None
+            items, files = render(image, results, opacity, folders.new(), stem, maps=maps)
+            return shown(items, done["image"]), files
+
+        # Upload and explain both run the model: one shared slot, others wait in the queue.
+        upload.upload(
+            on_upload,
+            inputs=upload,
+            outputs=[upload, photo, preview, status, top5, target, gallery, downloads, computed],
+            concurrency_limit=1,
+            concurrency_id="model",
+        )
+        button.click(
+            on_explain,
+            inputs=[photo, target, methods, preset, alpha],
+            outputs=[status, gallery, downloads, computed],
+            concurrency_limit=1,
+            concurrency_id="model",
+        )
+        # While the slider is dragged, only the latest value is drawn once the last one is done.
+        alpha.change(
+            on_opacity,
+            inputs=[computed, alpha],
+            outputs=[gallery, downloads],
+            trigger_mode="always_last",
+            show_progress="minimal",
+        )
+    app.queue(default_concurrency_limit=1, max_size=32)
+    app.cameras_max_bytes = max_bytes  # read by serve(): Gradio enforces it at upload
+    return app
+
+
+def theme():
+    """Gradio's default look with the system's fonts: the default theme fetches web fonts,
+    which an offline browser would wait for."""
+    import gradio as gr
+
+    system = ("ui-sans-serif", "system-ui", "sans-serif")
+    return gr.themes.Default(font=system, font_mono=("ui-monospace", "monospace"))
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Start the page on host:port (loopback by default), no share link, no server-side
+    rendering (it would need Node). ``block=False`` returns once the server is up."""
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        show_error=True,
+        ssr_mode=False,
+        max_file_size=getattr(app, "cameras_max_bytes", MAX_UPLOAD_BYTES),
+        theme=theme(),
+        prevent_thread_lock=not block,
+        quiet=False,
+    )
