@@ -1,0 +1,45 @@
+# make demo: set up .venv and explain a bundled photo with the embedded default model.
+# make test: install everything the tests need (Python extras, headless Chromium) and run them.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+DEMO_OUT ?= cameras-out
+
+.PHONY: demo test lint bench system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Reinstalls whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,web]'
+	touch $@
+
+demo: $(VENV)/.installed
+	@mkdir -p $(DEMO_OUT)
+	$(BIN)/python -c "from PIL import Image; from skimage import data; Image.fromarray(data.chelsea()).save('$(DEMO_OUT)/chelsea.jpg')"
+	$(BIN)/cameras explain $(DEMO_OUT)/chelsea.jpg --out $(DEMO_OUT)
+	@echo "wrote $(DEMO_OUT)/chelsea_cameras.png (overlay) and $(DEMO_OUT)/chelsea_cameras.npy (map)"
+
+# Debian packages the tests use: Chromium for the browser test, opencv-doc's photos for
+# the evaluation set. Installed when missing and when we may (root); otherwise said.
+system-deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium chromium-driver"; \
+	[ -d /usr/share/doc/opencv-doc ] || missing="$$missing opencv-doc"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: install$$missing (apt-get) for the browser and evaluation-set tests"; fi; \
+	fi
+
+test: $(VENV)/.installed system-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/speed_memory.py
