@@ -1,0 +1,160 @@
+"""CAMERAS speed and memory against the floor and the authors' recipe, side by side.
+
+    .venv/bin/python benchmarks/speed_memory.py [--device cpu|cuda] [--rounds 3]
+
+ResNet-50 (random weights: speed does not depend on them), one 224 x 224 input, the 8
+default scales 224..924. Three variants, each in its own fresh process so peak memory
+is its own:
+  floor    one plain torch.no_grad() forward pass per scale (the resize included):
+           any exact CAMERAS must run at least this;
+  cameras  this library: cameras.CAMERAS(model)(x);
+  authors  the authors' recipe: a full backward pass to the input at every scale, then
+           every channel of activations and gradients upsampled to full resolution.
+Rounds alternate between variants so that machine noise hits all of them alike; each
+variant's time is its best round. Prints the ratios the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+SCALES = list(range(224, 925, 100))
+
+
+def _model_and_input(device: str):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval().to(device)
+    x = torch.randn(1, 3, 224, 224, device=device)
+    return model, x
+
+
+def _resize(x, scale):
+    if scale == x.shape[-1]:
+        return x
+    return F.interpolate(x, size=(scale, scale), mode="bicubic", align_corners=False)
+
+
+def floor(model, x):
+    with torch.no_grad():
+        for scale in SCALES:
+            model(_resize(x, scale))
+
+
+def authors(model, x):
+    size = x.shape[-2:]
+    acts_sum, grads_sum, target = None, None, None
+    for scale in SCALES:
+        scaled = _resize(x, scale).detach().requires_grad_(True)
+        store = {}
+        handle = model.layer4.register_forward_hook(lambda m, i, o: store.update(a=o))
+        logits = model(scaled)
+        handle.remove()
+        store["a"].retain_grad()
+        if target is None:
+            target = int(logits.argmax())
+        model.zero_grad()
+        logits[0, target].backward()
+        up_a = F.interpolate(store["a"].detach(), size=size, mode="bilinear", align_corners=False)
+        up_g = F.interpolate(store["a"].grad, size=size, mode="bilinear", align_corners=False)
+        acts_sum = up_a if acts_sum is None else acts_sum + up_a
+        grads_sum = up_g if grads_sum is None else grads_sum + up_g
+    return torch.relu((acts_sum * grads_sum).sum(1))
+
+
+def child(variant: str, device: str, repeats: int) -> None:
+    import cameras
+
+    model, x = _model_and_input(device)
+    if variant == "cameras":
+        method = cameras.CAMERAS(model, layer="layer4")
+
+        def job():
+            return method(x)
+    else:
+        job_fn = {"floor": floor, "authors": authors}[variant]
+
+        def job():
+            return job_fn(model, x)
+
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        job()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"time": min(times[1:] or times), "rss_mib": rss, "gpu_mib": gpu_peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--rounds", type=int, default=3, help="processes per variant")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per process (first is warm-up)"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.device, args.repeats)
+        return
+    variants = ["floor", "cameras", "authors"]
+    best: dict[str, dict] = {}
+    for round_index in range(args.rounds):
+        for variant in variants:
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--device",
+                args.device,
+                "--repeats",
+                str(args.repeats),
+            ]
+            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            result = json.loads(line.strip().splitlines()[-1])
+            print(f"round {round_index + 1} {variant:8s} {result}", file=sys.stderr)
+            kept = best.setdefault(variant, result)
+            kept["time"] = min(kept["time"], result["time"])
+            kept["rss_mib"] = max(kept["rss_mib"], result["rss_mib"])
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"ResNet-50, 224x224 input, scales {SCALES[0]}..{SCALES[-1]} ({len(SCALES)}), {device_name}"
+    )
+    print(
+        f"{'variant':10s} {'time s':>8s} {'peak RSS MiB':>13s}"
+        + ("  peak GPU MiB" if args.device == "cuda" else "")
+    )
+    for variant in variants:
+        r = best[variant]
+        gpu = f"  {r['gpu_mib']:12.0f}" if r["gpu_mib"] is not None else ""
+        print(f"{variant:10s} {r['time']:8.3f} {r['rss_mib']:13.0f}{gpu}")
+    f, c, a = best["floor"], best["cameras"], best["authors"]
+    print(f"cameras time / floor time      = {c['time'] / f['time']:.2f}  (target <= 1.30)")
+    print(f"cameras peak RSS / floor's     = {c['rss_mib'] / f['rss_mib']:.2f}  (target <= 1.20)")
+    if args.device == "cuda":
+        print(f"cameras peak GPU / floor's     = {c['gpu_mib'] / f['gpu_mib']:.2f}")
+    print(f"authors' recipe time / cameras = {a['time'] / c['time']:.2f}  (target >= 3.00)")
+
+
+if __name__ == "__main__":
+    main()
