@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 # Bytes allowed for each working tensor: Z (columns x S x S), a chunk of column-resized
 # activations and gradients (columns x S x 2k). Small on the CPU, larger on a GPU.
-_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
+_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 
 
 @functools.lru_cache(maxsize=256)
