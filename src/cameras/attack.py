@@ -1,0 +1,334 @@
+"""Saliency-focused adversarial attack (CAMERAS paper, section 6).
+
+Targeted PGD (Madry et al. 2018) that pushes an image towards a class, by default its
+least-likely one, while a penalty keeps the perturbation out of the regions a
+saliency map marks as unimportant. Per image it minimises
+
+    CE(f(x + p), target) + beta * || p * (1 - Psi) ||_2
+
+with Psi the (H, W) map in [0, 1], broadcast over the colour channels. With no map,
+or beta = 0, this is plain targeted PGD. The paper reports, for ResNet-50 on ImageNet
+val with CAMERAS maps and beta = 50, the same fooling rate (99.99 %) as plain PGD with
+a perturbation whose norm is 56.5 % smaller.
+
+Everything happens in [0, 1] RGB pixel space: the perturbation, its norms, the step
+sizes and the clipping that keeps pixels valid. ``prep`` (a ``Preprocess``) converts
+between pixels and the model's input, so the user keeps passing what ``prep(image)``
+gives. The model is never changed: it runs in eval mode (every module's flag is put
+back afterwards), no hook is registered, and gradients are taken with respect to the
+perturbation only (``torch.autograd.grad``), so parameters get no ``.grad`` and their
+``requires_grad`` flags are never touched.
+
+Defaults (measured on the seven bundled photos with EfficientNet-Lite0; the README's
+attack section has the figures):
+
+- ``norm="linf"``: sign steps (Madry's PGD) of ``step_size=2/255`` per pixel, no eps bound,
+  at most ``DEFAULT_STEPS = 100`` steps. With beta = 50 these reached the least-likely
+  class on 6 of 7 photos with either CAMERAS or Grad-CAM maps (plain PGD: 7 of 7, in
+  3 to 5 steps). Steps of a whole number of 8-bit levels keep the adversarial image
+  exactly representable as an 8-bit PNG.
+- ``norm="l2"``: steps of L2 length ``step_size=0.5`` (pixel units, over the whole
+  3 x H x W image), normalised gradient. The penalty's gradient has a constant length
+  (up to beta) however small the perturbation outside the salient region is, so with
+  normalised steps it takes most of each step at beta = 50 and the target is rarely
+  reached; beta = 10 works with L2 steps.
+- How the penalty acts with sign steps: its gradient at a pixel is 0 where the
+  perturbation is 0 and otherwise, outside the salient region, usually larger than the
+  cross-entropy's. Pixels there flip between 0 and one step, while pixels where Psi is
+  near 1 keep moving: the perturbation piles up around the map's peak (smaller L2 norm,
+  larger Linf norm than plain PGD).
+- Zero start (no random start): results are deterministic, and plain and focused runs
+  start from the same point.
+- Early stop per image (``stop_when_reached=True``): an image stops changing at the
+  first step where the target is its top-1 class. The norms then measure the
+  perturbation each variant *needs* rather than the step budget, and both variants get
+  the same budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .capture import eval_mode, logits_of, model_device
+
+DEFAULT_STEPS = 100
+DEFAULT_BETA = 50.0
+DEFAULT_NORM = "linf"
+DEFAULT_STEP_SIZE = {"l2": 0.5, "linf": 2.0 / 255.0}
+NORMS = ("l2", "linf")
+
+# A norm's gradient is undefined at zero; the tiny offset makes it 0 there instead of NaN.
+_NORM_FLOOR = 1e-12
+
+
+class PixelTransform(Protocol):
+    """What ``pgd`` needs from a preprocessing object (``cameras.Preprocess`` fits)."""
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class AttackResult:
+    """The outcome of ``pgd`` for a batch of B images of size H x W.
+
+    adversarial: (B, 3, H, W) model input of the adversarial images (the same space as
+        the ``x`` given: normalised if ``prep`` was passed).
+    pixels: (B, 3, H, W) adversarial images in [0, 1] RGB (within ``bounds``).
+    perturbation: (B, 3, H, W) ``pixels`` minus the clean pixels, in pixel units.
+    targets: the class attacked, per image.
+    original: the clean image's top-1 class, per image.
+    reached: per image, whether the target is the top-1 class of the adversarial image.
+    confidence: (B,) softmax probability of the target for the adversarial image.
+    l2, linf: (B,) norms of ``perturbation`` over all 3 x H x W values.
+    steps: per image, the gradient steps taken (fewer than asked when stopped early).
+    """
+
+    adversarial: torch.Tensor
+    pixels: torch.Tensor
+    perturbation: torch.Tensor
+    targets: list[int]
+    original: list[int]
+    reached: list[bool]
+    confidence: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    steps: list[int]
+    class_names: list[str] | None = None
+
+    @property
+    def fooling_rate(self) -> float:
+        """Fraction of the batch whose target was reached, in [0, 1]."""
+        return sum(self.reached) / len(self.reached)
+
+    @property
+    def target_names(self) -> list[str] | None:
+        if self.class_names is None:
+            return None
+        return [self.class_names[t] for t in self.targets]
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: None | int | str | Sequence[int | str] | torch.Tensor = None,
+    saliency: torch.Tensor | None = None,
+    beta: float = DEFAULT_BETA,
+    steps: int = DEFAULT_STEPS,
+    step_size: float | None = None,
+    eps: float | None = None,
+    norm: str = DEFAULT_NORM,
+    prep: PixelTransform | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    stop_when_reached: bool = True,
+    class_names: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AttackResult:
+    """Targeted PGD on a batch, optionally focused by a saliency map.
+
+    model: a classifier returning (B, K) scores (or an object with ``.logits``).
+    x: (B, 3, H, W) or (3, H, W) model input. With ``prep`` it is what ``prep(image)``
+        gives (normalised); without, it must already be pixels within ``bounds``.
+    target: None (each image's least-likely class), an int or class name for all
+        images, or one per image.
+    saliency: (B, H, W) or (H, W) map in [0, 1] (an ``Explanation``'s ``.maps``), at
+        the input's height and width; None for plain PGD.
+    beta: weight of ``||p * (1 - Psi)||_2`` (pixel units); 0 gives plain PGD.
+    steps: the most gradient steps per image.
+    step_size: L2 length of a step (``norm="l2"``) or the per-pixel change of a step
+        (``"linf"``), in [0, 1] pixel units; None takes ``DEFAULT_STEP_SIZE[norm]``.
+    eps: radius of the ball the perturbation is projected onto (same norm, pixel
+        units); None for no bound.
+    prep: converts pixels to model input and back (``normalise`` / ``denormalise``).
+    bounds: the valid pixel range; adversarial pixels are clipped to it.
+    stop_when_reached: freeze an image at the first step where its target is top-1.
+    class_names: names for string targets and ``target_names`` (default: the names
+        ``load_model`` attached to the model, if any).
+    progress: called as ``progress(step, still_running)`` after each gradient step
+        (a progress bar, for instance).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    step_size = DEFAULT_STEP_SIZE[norm] if step_size is None else float(step_size)
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+    if eps is not None and not eps > 0:
+        raise ValueError(f"eps must be positive or None, got {eps}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be non-negative, got {beta}")
+    low, high = float(bounds[0]), float(bounds[1])
+    if not low < high:
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+    x = _check_input(x)
+    if class_names is None:
+        from .models import class_names_for
+
+        class_names = class_names_for(model)
+    names = list(class_names) if class_names is not None else None
+
+    source_device = x.device
+    device = model_device(model)
+    x = x.to(device)
+    with torch.no_grad():
+        clean = (prep.denormalise(x) if prep is not None else x).float()
+    # Tolerance for the float round trip normalise -> denormalise of 8-bit pixels.
+    if clean.min() < low - 1e-4 or clean.max() > high + 1e-4:
+        where = "after prep.denormalise" if prep is not None else "(no prep given)"
+        raise ValueError(
+            f"x {where} has pixels in [{clean.min():.3g}, {clean.max():.3g}], outside "
+            f"bounds [{low}, {high}]; pass prep= for normalised input"
+        )
+    clean = clean.clamp(low, high)
+    batch = clean.shape[0]
+    keep = _check_saliency(saliency, clean.shape, device) if beta > 0 else None
+    to_input = prep.normalise if prep is not None else (lambda pixels: pixels)
+
+    with eval_mode(model), torch.enable_grad():
+        with torch.no_grad():
+            clean_logits = logits_of(model(to_input(clean))).float()
+        num_classes = clean_logits.shape[1]
+        targets = _resolve_targets(target, clean_logits, names, num_classes)
+        perturbation = torch.zeros_like(clean)
+        final_logits = clean_logits.clone()
+        taken = torch.zeros(batch, dtype=torch.long, device=device)
+        active = torch.ones(batch, dtype=torch.bool, device=device)
+        for step in range(steps + 1):
+            index = active.nonzero().flatten()
+            if index.numel() == 0:
+                break
+            delta = perturbation[index].requires_grad_(True)
+            logits = logits_of(model(to_input(clean[index] + delta))).float()
+            final_logits[index] = logits.detach()
+            if stop_when_reached:
+                done = logits.detach().argmax(1) == targets[index]
+                active[index[done]] = False
+                if done.all():
+                    break
+            if step == steps:
+                break
+            # Per-image sums, so that an image's step never depends on the others.
+            loss = F.cross_entropy(logits, targets[index], reduction="sum")
+            if keep is not None:
+                outside = (delta * keep[index]).flatten(1)
+                loss = loss + beta * (outside.square().sum(1) + _NORM_FLOOR).sqrt().sum()
+            (gradient,) = torch.autograd.grad(loss, delta)
+            moving = active[index]  # images frozen at this step keep their perturbation
+            rows = index[moving]
+            updated = _step(delta.detach()[moving], gradient[moving], step_size, eps, norm)
+            # Clip in pixel space: the adversarial image must be a valid image.
+            updated = (clean[rows] + updated).clamp(low, high) - clean[rows]
+            perturbation[rows] = updated
+            taken[rows] += 1
+            if progress is not None:
+                progress(step + 1, int(rows.numel()))
+
+    with torch.no_grad():
+        pixels = clean + perturbation
+        adversarial = to_input(pixels).to(x.dtype) if prep is not None else pixels.to(x.dtype)
+        probabilities = final_logits.softmax(1)
+        confidence = probabilities.gather(1, targets[:, None])[:, 0]
+        reached = final_logits.argmax(1) == targets
+        flat = perturbation.flatten(1)
+    return AttackResult(
+        adversarial=adversarial.to(source_device),
+        pixels=pixels.to(source_device),
+        perturbation=perturbation.to(source_device),
+        targets=targets.tolist(),
+        original=clean_logits.argmax(1).tolist(),
+        reached=reached.tolist(),
+        confidence=confidence.to(source_device),
+        l2=flat.norm(dim=1).to(source_device),
+        linf=flat.abs().amax(dim=1).to(source_device),
+        steps=taken.tolist(),
+        class_names=names,
+    )
+
+
+def _step(
+    delta: torch.Tensor, gradient: torch.Tensor, size: float, eps: float | None, norm: str
+) -> torch.Tensor:
+    """One descent step on (n, 3, H, W) perturbations, then the projection onto the eps ball."""
+    if norm == "linf":
+        delta = delta - size * gradient.sign()
+        return delta if eps is None else delta.clamp(-eps, eps)
+    length = gradient.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
+    delta = delta - size * gradient / length
+    if eps is not None:
+        l2 = delta.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
+        delta = delta * (eps / l2).clamp(max=1.0)
+    return delta
+
+
+def _check_input(x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor, not {x.dtype}")
+    return x.detach()
+
+
+def _check_saliency(
+    saliency: torch.Tensor | None, shape: torch.Size, device: torch.device
+) -> torch.Tensor | None:
+    """(B, 1, H, W) weights ``1 - Psi`` of the penalty, or None for plain PGD."""
+    if saliency is None:
+        return None
+    if hasattr(saliency, "maps"):  # an Explanation
+        saliency = saliency.maps
+    if not isinstance(saliency, torch.Tensor):
+        raise TypeError(f"saliency must be a tensor, not {type(saliency).__name__}")
+    batch, _, height, width = shape
+    if saliency.dim() == 2:
+        saliency = saliency[None].expand(batch, -1, -1)
+    if tuple(saliency.shape) != (batch, height, width):
+        raise ValueError(
+            f"saliency has shape {tuple(saliency.shape)}; expected ({batch}, {height}, {width}) "
+            "like the input"
+        )
+    saliency = saliency.detach().to(device, torch.float32)
+    if not torch.isfinite(saliency).all() or saliency.min() < 0 or saliency.max() > 1:
+        raise ValueError("saliency must be finite and in [0, 1]")
+    return (1.0 - saliency)[:, None]
+
+
+def _resolve_targets(
+    target, logits: torch.Tensor, names: list[str] | None, num_classes: int
+) -> torch.Tensor:
+    """(B,) class indices: the least-likely class when None, else the given class(es)."""
+    batch = logits.shape[0]
+    if target is None:
+        return logits.argmin(1)
+    if isinstance(target, torch.Tensor):
+        target = target.flatten().tolist() if target.dim() else int(target)
+    items = [target] * batch if isinstance(target, int | str) else list(target)
+    if len(items) != batch:
+        raise ValueError(f"target: got {len(items)} classes for a batch of {batch} images")
+    indices = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise TypeError(f"target: a class must be an int or a name, not {type(item).__name__}")
+        if isinstance(item, str):
+            if names is None:
+                raise ValueError(f"target {item!r}: the model has no class names; pass an index")
+            from .models import find_class
+
+            item = find_class(item, names)
+        if not 0 <= item < num_classes:
+            raise ValueError(f"class {item} is out of range: the model has {num_classes} classes")
+        indices.append(item)
+    return torch.tensor(indices, dtype=torch.long, device=logits.device)
