@@ -1,12 +1,21 @@
-"""Pictures of saliency maps: colour maps and overlays at the image's own size."""
+"""Pictures of saliency maps: colour maps, overlays at the image's own size, and the
+comparison grids of ``cameras compare`` (one module for the CLI and the web page)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .images import resize_map
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (import time)
+    from matplotlib.figure import Figure
 
 
 def colorize(saliency: np.ndarray, cmap: str = "jet") -> np.ndarray:
@@ -41,3 +50,310 @@ def overlay(
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1.0 - alpha) * pixels + alpha * colours
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------
+# Comparison figures: the photo and a grid of overlays, laid out to the pixel.
+# ---------------------------------------------------------------------------------------
+
+# Layout constants in pixels. Every panel is drawn at exactly its own pixel size (one
+# image pixel per screen pixel), so what a panel shows is the overlay, not a resampling
+# of it; the tests rely on this.
+_GAP = 10  # between panels, and around the grid
+_TITLE = 34  # band above each panel for a two-line title
+_BAR_WIDTH = 16  # a colour bar's strip
+_BAR_SPACE = 100  # a colour bar, its tick labels and its label
+_DPI = 100
+_FONT_SIZE = 9
+
+
+@dataclass
+class Panel:
+    """One cell of a comparison figure.
+
+    saliency: (h, w) map, in [0, 1], or in [-1, 1] when ``signed`` (a difference of two
+        maps); resized (bilinear) to the panel's size.
+    title: text above the panel (may hold one newline).
+    signed: draw with the diverging colour map, 0 in its middle.
+    """
+
+    saliency: np.ndarray | torch.Tensor
+    title: str = ""
+    signed: bool = False
+
+
+def difference_map(map_a: np.ndarray | torch.Tensor, map_b: np.ndarray | torch.Tensor):
+    """``map_a - map_b`` for two (h, w) maps in [0, 1]: (h, w) float32 in [-1, 1].
+
+    Positive where the evidence is for class a rather than class b, negative the other way.
+    """
+    a = _as_array(map_a)
+    b = _as_array(map_b)
+    if a.shape != b.shape:
+        raise ValueError(f"difference_map: shapes differ, {a.shape} and {b.shape}")
+    return np.clip(a - b, -1.0, 1.0).astype(np.float32)
+
+
+def panel_image(
+    image: Image.Image,
+    panel: Panel,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    diff_cmap: str = "RdBu_r",
+    signed_range: float = 1.0,
+) -> Image.Image:
+    """The overlay a panel shows, at ``image``'s size: ``overlay`` of the panel's map.
+
+    Signed maps go through ``diff_cmap`` with -signed_range..signed_range spread over the
+    whole colour map (values beyond are clipped), on a grey copy of the photo: a diverging
+    map is pale near 0, and the photo's own colours would otherwise read as evidence for
+    one class or the other.
+    """
+    saliency = _as_array(panel.saliency)
+    if panel.signed:
+        if not signed_range > 0:
+            raise ValueError(f"signed_range must be positive, got {signed_range}")
+        grey = image.convert("L").convert("RGB")
+        scaled = np.clip(saliency / signed_range, -1.0, 1.0)
+        return overlay(grey, (scaled + 1.0) / 2.0, diff_cmap, alpha)
+    return overlay(image, saliency, cmap, alpha)
+
+
+def fit_height(image: Image.Image, height: int) -> Image.Image:
+    """The photo as a comparison figure's cell shows it: RGB, ``height`` pixels high, the
+    width from its aspect ratio (at least 1), Lanczos resampling."""
+    width = max(1, round(image.width * height / image.height))
+    return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+
+
+def symmetric_range(rows: Sequence[Sequence[Panel]], step: float = 0.05) -> float:
+    """The colour range R (colours span -R..R) shared by a figure's signed panels: their
+    largest |value|, rounded up to ``step``, in [step, 1]. Two maps of similar classes
+    differ by a few tenths at most; on a fixed -1..1 scale the difference would be
+    invisible, and one range for all panels keeps them comparable."""
+    largest = max(
+        (float(np.abs(_as_array(p.saliency)).max()) for row in rows for p in row if p.signed),
+        default=1.0,
+    )
+    # The small slack keeps a float32 0.2 (0.2000000030) from rounding up to 0.25.
+    return float(min(1.0, max(step, np.ceil(largest / step - 1e-6) * step)))
+
+
+def comparison_figure(
+    image: Image.Image,
+    rows: Sequence[Sequence[Panel]],
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    diff_cmap: str = "RdBu_r",
+    panel_height: int = 224,
+    photo_title: str = "photo",
+    diff_labels: tuple[str, str] | None = None,
+    title: str | None = None,
+    signed_range: float | None = None,
+) -> Figure:
+    """A grid figure: the photo at the top left, then one row of panels per entry of ``rows``.
+
+    Column 0 holds the photo (first row only); panel j of row i sits in column j + 1.
+    Every cell is ``panel_height`` pixels high and as wide as the photo's aspect gives;
+    panels are overlays (``panel_image``) of the photo resized to that size. At the right,
+    a shared colour bar for the [0, 1] maps and, when a signed panel is present, one for
+    [-R, R] whose ends are labelled with ``diff_labels`` (class a at +R, class b at -R);
+    R is ``signed_range``, or ``symmetric_range(rows)`` when None.
+
+    The figure has a fixed dpi (100), so ``figure.savefig(path)`` (or ``figure_to_image``)
+    gives a picture of exactly ``figure_size(...)`` pixels. Axes are labelled ``"photo"``,
+    ``"panel i,j"``, ``"colorbar"`` and ``"colorbar signed"``; ``panel_boxes(figure)``
+    returns their pixel boxes.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    for name in {cmap, diff_cmap}:
+        if name not in colormaps:
+            raise ValueError(f"unknown colour map {name!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if panel_height < 16:
+        raise ValueError(f"panel_height must be at least 16 pixels, got {panel_height}")
+    rows = [list(row) for row in rows]
+    if not rows or not any(rows):
+        raise ValueError("comparison_figure: no panels to draw")
+
+    photo = fit_height(image, panel_height)
+    cell_w, cell_h = photo.size
+    columns = 1 + max(len(row) for row in rows)
+    top = _GAP + (_FONT_SIZE * 2 if title else 0)
+    width, height = figure_size(image.size, rows, panel_height, title is not None)
+    if signed_range is None:
+        signed_range = symmetric_range(rows)
+
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    figure.patch.set_facecolor("white")
+    if title:
+        figure.text(0.5, 1 - _GAP / height, title, ha="center", va="top", fontsize=_FONT_SIZE + 2)
+
+    def add_cell(row: int, column: int, pixels: Image.Image, label: str, text: str):
+        x0 = _GAP + column * (cell_w + _GAP)
+        y0 = top + row * (_TITLE + cell_h + _GAP) + _TITLE
+        axes = figure.add_axes(_fraction_box(x0, y0, cell_w, cell_h, width, height), label=label)
+        axes.imshow(np.asarray(pixels), interpolation="none", aspect="auto")
+        axes.set_axis_off()
+        _fit_text(axes.set_title(text, fontsize=_FONT_SIZE, pad=3, linespacing=1.2), cell_w)
+
+    add_cell(0, 0, photo, "photo", photo_title)
+    for i, row in enumerate(rows):
+        for j, panel in enumerate(row):
+            pixels = panel_image(photo, panel, cmap, alpha, diff_cmap, signed_range)
+            add_cell(i, j + 1, pixels, f"panel {i},{j}", panel.title)
+
+    # Colour bars at the right: each as tall as the rows that use it. When the plain rows
+    # and the signed rows are two separate blocks (the usual case: the difference row
+    # last) both bars share one column; otherwise they stand side by side.
+    grid_right = _GAP + columns * (cell_w + _GAP)
+    plain_rows = [i for i, row in enumerate(rows) if any(not p.signed for p in row)]
+    signed_rows = [i for i, row in enumerate(rows) if any(p.signed for p in row)]
+    bars = []
+    if plain_rows:
+        bars.append(("colorbar", cmap, Normalize(0.0, 1.0), plain_rows))
+    if signed_rows:
+        norm = Normalize(-signed_range, signed_range)
+        bars.append(("colorbar signed", diff_cmap, norm, signed_rows))
+    stacked = _bars_stack(plain_rows, signed_rows)
+    for k, (label, name, norm, used) in enumerate(bars):
+        x0 = grid_right + (0 if stacked else k * _BAR_SPACE)
+        y0 = top + min(used) * (_TITLE + cell_h + _GAP) + _TITLE
+        y1 = top + max(used) * (_TITLE + cell_h + _GAP) + _TITLE + cell_h
+        box = _fraction_box(x0, y0, _BAR_WIDTH, y1 - y0, width, height)
+        axes = figure.add_axes(box, label=label)
+        bar = figure.colorbar(ScalarMappable(norm=norm, cmap=colormaps[name]), cax=axes)
+        bar.ax.tick_params(labelsize=_FONT_SIZE - 1)
+        if label == "colorbar signed":
+            r = signed_range
+            bar.set_ticks([-r, 0.0, r])
+            bar.set_ticklabels([f"\u2212{r:.2f}", "0", f"+{r:.2f}"])
+            if diff_labels is not None:
+                # Along the bar (read bottom to top): class b at the bottom, class a on top.
+                text = f"\u2190 {_short(diff_labels[1])}    {_short(diff_labels[0])} \u2192"
+                bar.set_label(text, fontsize=_FONT_SIZE)
+                _fit_text(bar.ax.yaxis.label, y1 - y0, vertical=True)
+        else:
+            bar.set_label("saliency", fontsize=_FONT_SIZE)
+    return figure
+
+
+def figure_size(
+    image_size: tuple[int, int],
+    rows: Sequence[Sequence[Panel]],
+    panel_height: int = 224,
+    titled: bool = False,
+) -> tuple[int, int]:
+    """(width, height) in pixels of ``comparison_figure`` for an image of ``image_size``
+    (width, height) and these rows of panels."""
+    image_width, image_height = image_size
+    cell_w = max(1, round(image_width * panel_height / image_height))  # as fit_height
+    columns = 1 + max(len(row) for row in rows)
+    plain_rows = [i for i, row in enumerate(rows) if any(not p.signed for p in row)]
+    signed_rows = [i for i, row in enumerate(rows) if any(p.signed for p in row)]
+    bars = 1 if _bars_stack(plain_rows, signed_rows) else 2
+    width = _GAP + columns * (cell_w + _GAP) + _BAR_SPACE * bars
+    height = _GAP + (_FONT_SIZE * 2 if titled else 0) + len(rows) * (_TITLE + panel_height + _GAP)
+    return width, height
+
+
+def panel_boxes(figure: Figure) -> dict[str, tuple[int, int, int, int]]:
+    """Pixel boxes (left, top, right, bottom), top-left origin, of a comparison figure's
+    labelled axes: ``"photo"``, ``"panel i,j"``, ``"colorbar"``, ``"colorbar signed"``."""
+    width, height = (round(v) for v in figure.get_size_inches() * figure.dpi)
+    boxes = {}
+    for axes in figure.axes:
+        label = axes.get_label()
+        if label == "photo" or label.startswith(("panel ", "colorbar")):
+            x0, y0, w, h = axes.get_position().bounds
+            left, right = round(x0 * width), round((x0 + w) * width)
+            top, bottom = round((1 - y0 - h) * height), round((1 - y0) * height)
+            boxes[label] = (left, top, right, bottom)
+    return boxes
+
+
+def figure_to_image(figure: Figure) -> Image.Image:
+    """Render a figure (at its own dpi) to an RGB PIL image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else None
+    if canvas is None:
+        canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def save_figure(figure: Figure, path: str | Path, colors: int | None = None) -> tuple[int, int]:
+    """Write a figure at its own dpi, so its pixel size is kept; returns (width, height).
+
+    PNG goes through Pillow (optimised compression); other formats (jpg, pdf, svg, ...)
+    through matplotlib. colors: for PNG, reduce to a dithered palette of that many colours
+    (2-256): about 40 % of the file size, with a fine grain in smooth areas.
+    """
+    path = Path(path)
+    if colors is not None and not 2 <= colors <= 256:
+        raise ValueError(f"colors must be between 2 and 256, got {colors}")
+    picture = figure_to_image(figure)
+    if path.suffix.lower() == ".png":
+        if colors is not None:
+            # Palette from octree quantisation, then Floyd-Steinberg dithering against it:
+            # quantising alone posterises the photo and bands the colour bars.
+            palette = picture.quantize(colors, method=Image.Quantize.FASTOCTREE)
+            picture = picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+        picture.save(path, optimize=True)
+    else:
+        figure.savefig(path, dpi=figure.dpi)
+    return picture.size
+
+
+def _bars_stack(plain_rows: list[int], signed_rows: list[int]) -> bool:
+    """Whether the two colour bars fit in one column: their rows form separate blocks."""
+    if not plain_rows or not signed_rows:
+        return True
+    return max(plain_rows) < min(signed_rows) or max(signed_rows) < min(plain_rows)
+
+
+def _fraction_box(x0: int, y0: int, w: int, h: int, width: int, height: int):
+    """A pixel box (top-left origin) as matplotlib's figure fractions (bottom-left origin)."""
+    return [x0 / width, 1 - (y0 + h) / height, w / width, h / height]
+
+
+def _short(text: str, limit: int = 20) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _fit_text(text, room: float, vertical: bool = False, smallest: int = 6) -> None:
+    """Shrink a matplotlib Text (down to ``smallest`` points), then shorten its lines with
+    an ellipsis, until it spans at most ``room`` pixels (its width, or height if vertical)."""
+    figure = text.get_figure()
+    renderer = figure.canvas.get_renderer()
+
+    def span() -> float:
+        box = text.get_window_extent(renderer)
+        return box.height if vertical else box.width
+
+    size = text.get_fontsize()
+    while span() > room and size > smallest:
+        size -= 1
+        text.set_fontsize(size)
+    lines = text.get_text().split("\n")
+    while span() > room and any(len(line) > 4 for line in lines):
+        longest = max(range(len(lines)), key=lambda k: len(lines[k]))
+        lines[longest] = lines[longest].rstrip("\u2026")[:-1] + "\u2026"
+        text.set_text("\n".join(lines))
+
+
+def _as_array(saliency: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(saliency, torch.Tensor):
+        saliency = saliency.detach().float().cpu().numpy()
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if saliency.ndim != 2:
+        raise ValueError(f"a map must be 2-D (h, w), got shape {saliency.shape}")
+    return saliency
