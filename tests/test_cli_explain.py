@@ -174,3 +174,24 @@ def test_duplicate_stems_get_distinct_outputs(capsys, tmp_path, chelsea, coffee)
     assert code == 0
     assert np.load(out / "x_cameras.npy").shape == (300, 451)
     assert np.load(out / "x-2_cameras.npy").shape == (400, 600)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_a_gpu_is_a_usage_error(capsys, photos, tmp_path):
+    code, _, err = run(
+        capsys, "explain", photos / "coffee.png", "--out", tmp_path / "o", "--device", "cuda"
+    )
+    assert code == 2
+    assert err.strip() == "cameras explain: error: --device cuda: no CUDA device is available"
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cameras", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    for command in ("explain", "compare", "evaluate", "sanity", "attack", "serve"):
+        assert command in done.stdout
