@@ -1,0 +1,381 @@
+"""Model-parameter randomisation test (Adebayo et al., "Sanity Checks for Saliency Maps",
+NeurIPS 2018).
+
+A map that explains the model must change when the model's weights are destroyed. The
+weights are randomised block by block from the logits down, on a deep copy of the model
+(the caller's model is never touched), and each method's map after every step is
+compared with its map on the trained model:
+
+- ``cascading``: step k randomises blocks 1 .. k together (the paper's main test);
+- ``independent``: step k randomises block k alone, the others stay trained.
+
+Blocks are found generically (``randomisation_steps``): the model's top-level children
+that hold parameters, in the order the forward pass runs them; a normalisation layer
+joins the block before it (``conv_head`` + ``bn2``), and a top-level container whose
+children are themselves containers (timm EfficientNet's ``blocks``, torchvision
+EfficientNet's ``features``) is split into those children. For the default timm
+EfficientNet-Lite0 this gives, from the logits down: classifier, conv_head+bn2,
+blocks.6, ..., blocks.0, conv_stem+bn1. For a ResNet: fc, layer4, ..., layer1, conv1+bn1.
+
+Randomising a parameter replaces its values by draws from a normal distribution with
+that tensor's own mean and standard deviation: the activations keep their usual scale
+(a fresh default initialisation can blow up or vanish through the untouched layers
+below) while every learnt pattern is gone. Buffers (BatchNorm statistics) are kept.
+
+Similarity to the original map, per step and method (all maps in [0, 1]):
+- Spearman rank correlation of the pixel values, and of their absolute values (the
+  paper's two variants; for non-negative maps, as every CAM-style map here, they agree);
+- SSIM (``skimage.metrics.structural_similarity``, data range 1);
+- HOG similarity: Pearson correlation of the two maps' HOG descriptors
+  (``skimage.feature.hog``, 9 orientations, 8 x 8 cells, 3 x 3 blocks).
+A constant map has no rank order or gradients: its Spearman and HOG similarity are 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..capture import eval_mode, model_device
+
+MODES = ("cascading", "independent")
+SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
+
+_NORMALISATION = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One randomisation step: a label and the dotted module names it randomises."""
+
+    label: str
+    modules: tuple[str, ...]
+
+
+def _execution_order(model: nn.Module, names: list[str], probe_size: int) -> list[str]:
+    """The names (of direct or nested modules) in the order their forward first ends,
+    from one no-grad pass of a (1, 3, probe_size, probe_size) zero image."""
+    modules = dict(model.named_modules())
+    order: list[str] = []
+
+    def hook_for(name: str):
+        def hook(*_):
+            if name not in order:
+                order.append(name)
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, 3, probe_size, probe_size, device=model_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def randomisation_steps(model: nn.Module, probe_size: int = 64) -> list[Step]:
+    """The model's blocks in randomisation order, from the logits down (see module doc)."""
+    names: list[str] = []
+    for name, child in model.named_children():
+        if not _has_parameters(child):
+            continue
+        grandchildren = [(n, c) for n, c in child.named_children() if _has_parameters(c)]
+        if (
+            isinstance(child, _CONTAINERS)
+            and len(grandchildren) > 1
+            and all(isinstance(c, _CONTAINERS) for _, c in grandchildren)
+        ):
+            names.extend(f"{name}.{n}" for n, _ in grandchildren)
+        else:
+            names.append(name)
+    ran = _execution_order(model, names, probe_size)
+    # Modules that never ran in the probe (unused heads) come last, in definition order.
+    ordered = ran + [n for n in names if n not in ran]
+    modules = dict(model.named_modules())
+    groups: list[list[str]] = []
+    for name in ordered:
+        if groups and isinstance(modules[name], _NORMALISATION):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return [Step("+".join(group), tuple(group)) for group in reversed(groups)]
+
+
+@torch.no_grad()
+def randomise_(model: nn.Module, module_names: Sequence[str], generator: torch.Generator) -> None:
+    """In place: every parameter of the named modules becomes normal noise with the
+    tensor's own mean and standard deviation (see module doc)."""
+    modules = dict(model.named_modules())
+    for name in module_names:
+        if name not in modules:
+            raise ValueError(f"randomise: {name!r} is not a module of the model")
+        for parameter in modules[name].parameters():
+            values = parameter.detach().float()
+            std = float(values.std()) if values.numel() > 1 else 0.0
+            noise = torch.randn(values.shape, generator=generator, dtype=torch.float32)
+            parameter.copy_((noise * std + float(values.mean())).to(parameter))
+
+
+def randomised_models(
+    model: nn.Module,
+    steps: Sequence[Step],
+    mode: str = "cascading",
+    seed: int = 0,
+) -> Iterator[tuple[int, Step, nn.Module]]:
+    """Yield ``(k, step, randomised copy)`` for k = 1 .. len(steps).
+
+    cascading: one deep copy randomised further at each step (the same object is
+    yielded each time, changed); independent: a fresh deep copy per step. The input
+    model is never modified.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    generator = torch.Generator().manual_seed(seed)
+    cascade = copy.deepcopy(model) if mode == "cascading" else None
+    for k, step in enumerate(steps, start=1):
+        target = cascade if cascade is not None else copy.deepcopy(model)
+        randomise_(target, step.modules, generator)
+        yield k, step, target
+
+
+def _constant(values: np.ndarray) -> bool:
+    return values.size == 0 or float(values.max()) == float(values.min())
+
+
+def spearman(a: np.ndarray, b: np.ndarray, absolute: bool = False) -> float:
+    """Spearman rank correlation of two maps' pixel values (0 if either is constant)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if absolute:
+        a, b = np.abs(a), np.abs(b)
+    if _constant(a) or _constant(b):
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two (H, W) maps in [0, 1]."""
+    from skimage.metrics import structural_similarity
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    side = min(7, *(2 * ((s - 1) // 2) + 1 for s in a.shape))  # odd window that fits
+    if side < 3:
+        raise ValueError(f"maps of shape {a.shape} are too small for SSIM")
+    return float(structural_similarity(a, b, data_range=1.0, win_size=side))
+
+
+def hog_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of the HOG descriptors of two (H, W) maps (0 if one is flat)."""
+    from skimage.feature import hog
+
+    def describe(values: np.ndarray) -> np.ndarray:
+        return hog(
+            np.asarray(values, np.float64),
+            orientations=9,
+            pixels_per_cell=(8, 8),
+            cells_per_block=(3, 3),
+            feature_vector=True,
+        )
+
+    da, db = describe(a), describe(b)
+    if _constant(da) or _constant(db):
+        return 0.0
+    return float(np.corrcoef(da, db)[0, 1])
+
+
+def similarities(original: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """All four similarities of ``other`` to ``original`` ((H, W) maps in [0, 1])."""
+    return {
+        "spearman": spearman(original, other),
+        "spearman_abs": spearman(original, other, absolute=True),
+        "ssim": ssim(original, other),
+        "hog": hog_similarity(original, other),
+    }
+
+
+@dataclass
+class SanityResult:
+    """Maps and similarities of one randomisation run.
+
+    labels: ["original", step 1 label, ...]; maps[method]: (S + 1, B, H, W) float32 in
+    [0, 1] (index 0 the trained model's); rows: one dict per (image, method, step >= 1)
+    with keys image, method, step, label and the four similarities.
+    """
+
+    mode: str
+    labels: list[str]
+    maps: dict[str, np.ndarray]
+    rows: list[dict]
+    targets: list[int]
+
+
+MethodFactory = Callable[[nn.Module], Callable[..., object]]
+
+
+def sanity_check(
+    model: nn.Module,
+    x: torch.Tensor,
+    methods: dict[str, MethodFactory],
+    targets: Sequence[int] | None = None,
+    mode: str = "cascading",
+    steps: Sequence[Step] | None = None,
+    seed: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> SanityResult:
+    """Run the randomisation test on one batch of same-size images.
+
+    x: (B, 3, H, W) model input. methods: name -> factory ``model -> method`` (a method
+    is called as ``method(x, targets=...)`` and returns an object with ``.maps`` (B, H, W)
+    and ``.targets``). targets: the classes explained, fixed for every step; None uses
+    the trained model's top-1 classes. steps: default ``randomisation_steps(model)``.
+    progress: called once per (step, method) evaluation.
+    """
+    if not methods:
+        raise ValueError("sanity_check needs at least one method")
+    steps = list(steps) if steps is not None else randomisation_steps(model)
+    maps: dict[str, list[np.ndarray]] = {}
+    chosen = list(targets) if targets is not None else None
+    for name, factory in methods.items():
+        result = factory(model)(x, targets=chosen)
+        if chosen is None:
+            chosen = list(result.targets)
+        maps[name] = [result.maps.detach().float().cpu().numpy()]
+        if progress:
+            progress()
+    rows: list[dict] = []
+    for k, step, randomised in randomised_models(model, steps, mode, seed):
+        for name, factory in methods.items():
+            result = factory(randomised)(x, targets=chosen)
+            current = result.maps.detach().float().cpu().numpy()
+            maps[name].append(current)
+            for b in range(current.shape[0]):
+                rows.append(
+                    {"image": b, "method": name, "step": k, "label": step.label}
+                    | similarities(maps[name][0][b], current[b])
+                )
+            if progress:
+                progress()
+    return SanityResult(
+        mode=mode,
+        labels=["original"] + [s.label for s in steps],
+        maps={name: np.stack(stack) for name, stack in maps.items()},
+        rows=rows,
+        targets=[int(t) for t in chosen],
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+
+def _save_compact(figure, path, dpi: int) -> None:
+    """Save as a 256-colour PNG: maps drawn with a colour map lose nothing visible and
+    the file is several times smaller than matplotlib's RGBA output."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def sanity_figure(
+    result: SanityResult,
+    image: np.ndarray,
+    path,
+    index: int = 0,
+    title: str | None = None,
+    cmap: str = "jet",
+    dpi: int = 72,
+) -> None:
+    """Adebayo et al.'s Figure 1 layout: one row per method, one column per randomisation
+    step (the trained model's map first), the photo on the left.
+
+    image: (H, W, 3) uint8 at the maps' size; index: which image of the batch.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(result.maps)
+    columns = len(result.labels) + 1
+    height, width = image.shape[:2]
+    cell = 1.25
+    figure, axes = plt.subplots(
+        len(methods),
+        columns,
+        figsize=(cell * columns, cell * len(methods) * height / width + 0.9),
+        squeeze=False,
+    )
+    for row, method in enumerate(methods):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.imshow(image)
+                axis.set_ylabel(method, fontsize=9)
+            else:
+                axis.imshow(result.maps[method][column - 1, index], cmap=cmap, vmin=0, vmax=1)
+            if row == 0:
+                label = "image" if column == 0 else result.labels[column - 1]
+                axis.set_title(label.replace("+", "+\n"), fontsize=7, rotation=0)
+    mode = "cascading" if result.mode == "cascading" else "independent"
+    figure.suptitle(title or f"{mode} randomisation, from the logits down", fontsize=9)
+    figure.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
+    _save_compact(figure, path, dpi)
+    plt.close(figure)
+
+
+def similarity_figure(
+    means: dict[str, dict[str, list[float]]], labels: Sequence[str], path, mode: str
+) -> None:
+    """Similarity to the trained model's map against the randomisation step, one panel
+    per measure, one line per method.
+
+    means: measure -> method -> mean similarity per step (labels[k] for step k + 1).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = [m for m in SIMILARITIES if m in means]
+    figure, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.6), squeeze=False)
+    steps = np.arange(1, len(labels) + 1)
+    for axis, measure in zip(axes[0], measures, strict=True):
+        for method, values in means[measure].items():
+            axis.plot(steps, values, marker="o", markersize=3, label=method)
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_title(measure.replace("_", " "), fontsize=10)
+        axis.set_xticks(steps, labels, rotation=70, fontsize=7)
+        axis.set_ylim(-0.3, 1.05)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"similarity to the trained map ({mode})")
+    axes[0][-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
