@@ -55,7 +55,7 @@ def authors(model, x):
     for scale in SCALES:
         scaled = _resize(x, scale).detach().requires_grad_(True)
         store = {}
-        handle = model.layer4.register_forward_hook(lambda m, i, o: store.update(a=o))
+        handle = model.layer4.register_forward_hook(lambda m, i, o, store=store: store.update(a=o))
         logits = model(scaled)
         handle.remove()
         store["a"].retain_grad()

@@ -64,16 +64,6 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On a small shared CPU, PyTorch's thread pool spins against other processes: one
-    # thread runs these tiny inputs about ten times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     # Non-square and small, for speed: the layer grids are 3 x 4 (ResNet, VGG features).

@@ -24,15 +24,6 @@ from cameras.viz import (
 CLASSES = ["tabby", "Egyptian cat"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On a small shared CPU, PyTorch's thread pool spins against other processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def chelsea_file(tmp_path_factory, chelsea):
     # PNG: lossless, so the CLI reads back exactly the pixels the test uses.

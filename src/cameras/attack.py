@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import eval_mode, logits_of, model_device
+from .methods.base import check_batch
 
 DEFAULT_STEPS = 100
 DEFAULT_BETA = 50.0
@@ -170,7 +171,7 @@ def pgd(
     low, high = float(bounds[0]), float(bounds[1])
     if not low < high:
         raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
-    x = _check_input(x)
+    x = check_batch(x).detach()
     if class_names is None:
         from .models import class_names_for
 
@@ -268,18 +269,6 @@ def _step(
         l2 = delta.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
         delta = delta * (eps / l2).clamp(max=1.0)
     return delta
-
-
-def _check_input(x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
-    if x.dim() == 3:
-        x = x[None]
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a float tensor, not {x.dtype}")
-    return x.detach()
 
 
 def _check_saliency(

@@ -26,6 +26,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def split_names(text: str) -> list[str]:
+    """ "a, b,,c" -> ["a", "b", "c"]: a comma-separated option."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def parse_scales(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]

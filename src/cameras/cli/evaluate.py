@@ -32,11 +32,7 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from .common import add_model_arguments, open_model, parse_scales, usage_error
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+from .common import add_model_arguments, open_model, parse_scales, split_names, usage_error
 
 
 def add_parser(subparsers) -> None:
@@ -62,13 +58,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--methods",
-        type=_names,
+        type=split_names,
         default=list(DEFAULT_METHODS),
         help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})",
     )
     parser.add_argument(
         "--metrics",
-        type=_names,
+        type=split_names,
         default=list(METRICS),
         help=f"comma-separated subset of {','.join(METRICS)} (default: all)",
     )

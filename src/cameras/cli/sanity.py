@@ -27,14 +27,17 @@ from ..metrics.sanity import (
     sanity_figure,
     similarity_figure,
 )
-from .common import add_model_arguments, open_model, parse_class, parse_scales, usage_error
+from .common import (
+    add_model_arguments,
+    open_model,
+    parse_class,
+    parse_scales,
+    split_names,
+    usage_error,
+)
 from .explain import check_output_folder, output_stems
 
 CSV_FIELDS = ["image", "method", "mode", "step", "label", *SIMILARITIES]
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_parser(subparsers) -> None:
@@ -54,7 +57,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--methods",
-        type=_names,
+        type=split_names,
         default=list(DEFAULT_METHODS),
         help=f"comma-separated (default: {','.join(DEFAULT_METHODS)})",
     )

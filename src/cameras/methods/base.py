@@ -84,7 +84,7 @@ class SaliencyMethod:
         targets: None (each image's top-1 class), an int or class name (all images),
         or a sequence with one int or name per image.
         """
-        x = self._check_input(x)
+        x = check_batch(x)
         source_device = x.device
         x = x.to(model_device(self.model))
         wanted = self._check_targets(targets, x.shape[0])
@@ -104,18 +104,6 @@ class SaliencyMethod:
         self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, list[list[ScaleRecord]], torch.Tensor]:
         raise NotImplementedError
-
-    @staticmethod
-    def _check_input(x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
-        if x.dim() == 3:
-            x = x[None]
-        if x.dim() != 4 or x.shape[0] == 0:
-            raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")
-        return x
 
     def class_index(self, target: int | str) -> int:
         """A class index from an index or a class name (exact, case-insensitive)."""
@@ -147,6 +135,19 @@ class SaliencyMethod:
         if len(targets) != batch:
             raise ValueError(f"targets: got {len(targets)} classes for a batch of {batch} images")
         return torch.tensor([self.class_index(t) for t in targets], dtype=torch.long)
+
+
+def check_batch(x: torch.Tensor) -> torch.Tensor:
+    """A (B, C, H, W) float batch from a batch or one (C, H, W) image; clear errors otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")
+    return x
 
 
 def top1_of(logits: torch.Tensor) -> torch.Tensor:
