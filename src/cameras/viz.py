@@ -357,3 +357,36 @@ def _as_array(saliency: np.ndarray | torch.Tensor) -> np.ndarray:
     if saliency.ndim != 2:
         raise ValueError(f"a map must be 2-D (h, w), got shape {saliency.shape}")
     return saliency
+
+
+def perturbation_figure(
+    image: np.ndarray,
+    saliency: torch.Tensor | None,
+    perturbations: list[tuple[str, torch.Tensor]],
+    adversarial: np.ndarray,
+    titles: dict[str, str],
+    path: Path,
+) -> None:
+    """One PNG: the image with its map, each perturbation's magnitude (largest change over
+    the colour channels, one shared colour scale), and the adversarial image."""
+    from matplotlib.figure import Figure
+
+    magnitudes = [(name, p.abs().amax(0).cpu().numpy()) for name, p in perturbations]
+    top = max(float(m.max()) for _, m in magnitudes) or 1.0
+    panels = [("image", np.asarray(image))]
+    if saliency is not None:
+        panels[0] = ("map", np.asarray(overlay(Image.fromarray(image), saliency.cpu().numpy())))
+    # A square-root scale shared by all panels: small steps stay visible next to a peak,
+    # and equal colours mean equal perturbation in every panel.
+    panels += [(name, colorize(np.sqrt(m / top), "inferno")) for name, m in magnitudes]
+    panels.append(("adversarial", adversarial))
+    height, width = image.shape[:2]
+    panel = 2.4  # inches per panel's height; widths follow the image's aspect
+    figure = Figure(figsize=(len(panels) * panel * width / height + 0.3, panel + 0.4))
+    axes = figure.subplots(1, len(panels))
+    for axis, (name, picture) in zip(axes, panels, strict=True):
+        axis.imshow(picture)
+        axis.set_title(titles.get(name, name), fontsize=7)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -25,7 +25,7 @@ from ..capture import eval_mode, logits_of, model_device
 from ..images import ImageError, find_images, load_image
 from ..methods import METHODS
 from ..models import find_class
-from ..viz import colorize, overlay
+from ..viz import perturbation_figure
 from .common import add_model_arguments, build_method, open_model, parse_scales, usage_error
 from .explain import check_output_folder, output_stems
 
@@ -143,39 +143,6 @@ def png_reaches(model, prep, image: np.ndarray, target: int) -> bool:
     with eval_mode(model), torch.no_grad():
         logits = logits_of(model(prep.normalise(pixels.to(model_device(model)))))
     return int(logits.argmax(1)[0]) == target
-
-
-def perturbation_picture(
-    image: np.ndarray,
-    saliency: torch.Tensor | None,
-    perturbations: list[tuple[str, torch.Tensor]],
-    adversarial: np.ndarray,
-    titles: dict[str, str],
-    path: Path,
-) -> None:
-    """One PNG: the image with its map, each perturbation's magnitude (largest change over
-    the colour channels, one shared colour scale), and the adversarial image."""
-    from matplotlib.figure import Figure
-
-    magnitudes = [(name, p.abs().amax(0).cpu().numpy()) for name, p in perturbations]
-    top = max(float(m.max()) for _, m in magnitudes) or 1.0
-    panels = [("image", np.asarray(image))]
-    if saliency is not None:
-        panels[0] = ("map", np.asarray(overlay(Image.fromarray(image), saliency.cpu().numpy())))
-    # A square-root scale shared by all panels: small steps stay visible next to a peak,
-    # and equal colours mean equal perturbation in every panel.
-    panels += [(name, colorize(np.sqrt(m / top), "inferno")) for name, m in magnitudes]
-    panels.append(("adversarial", adversarial))
-    height, width = image.shape[:2]
-    panel = 2.4  # inches per panel's height; widths follow the image's aspect
-    figure = Figure(figsize=(len(panels) * panel * width / height + 0.3, panel + 0.4))
-    axes = figure.subplots(1, len(panels))
-    for axis, (name, picture) in zip(axes, panels, strict=True):
-        axis.imshow(picture)
-        axis.set_title(titles.get(name, name), fontsize=7)
-        axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def record_of(result: AttackResult, i: int) -> dict:
@@ -304,7 +271,7 @@ def attack_one(
     perturbations.append(("plain", result.perturbation[0]))
     titles["plain"] = f"plain L2 {float(result.l2[0]):.2f}"
     clean = to_uint8(prep.denormalise(x[0]))
-    perturbation_picture(clean, saliency, perturbations, adversarial, titles, picture_png)
+    perturbation_figure(clean, saliency, perturbations, adversarial, titles, picture_png)
     row = {
         "file": str(path),
         "method": name,
