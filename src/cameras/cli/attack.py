@@ -22,11 +22,18 @@ from ..attack import (
     pgd,
 )
 from ..capture import eval_mode, logits_of, model_device
-from ..images import ImageError, find_images, load_image
+from ..images import ImageError, load_image
 from ..methods import METHODS
 from ..models import find_class
 from ..viz import perturbation_figure
-from .common import add_model_arguments, build_method, open_model, parse_scales, usage_error
+from .common import (
+    add_model_arguments,
+    build_method,
+    gather_images,
+    open_model,
+    parse_scales,
+    usage_error,
+)
 from .explain import check_output_folder, output_stems
 
 PAPER_REDUCTION = 56.5  # % smaller perturbation norm, ResNet-50 on ImageNet val, beta = 50
@@ -173,12 +180,8 @@ def run(args: argparse.Namespace) -> int:
         method = build_method(args.method, model, classes, args.layer, args.scales)
     target = parse_target(args.target, classes)
     step_size = args.step_size if args.step_size is not None else DEFAULT_STEP_SIZE[args.norm]
-    images, errors = find_images(args.paths)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    failures = len(errors)
+    images, failures = gather_images(args.paths, args.out)
     inputs = {p.resolve() for p in images}
-    args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.out / JSONL
     if jsonl.resolve() in inputs or (args.out / SUMMARY).resolve() in inputs:
         raise usage_error(f"--out {args.out}: {JSONL} would overwrite an input; choose another")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +25,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s"
     )
+
+
+def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
+    """Image paths from files and folders, and how many inputs were missing (each printed
+    as one error line); creates the output folder."""
+    from ..images import find_images
+
+    images, errors = find_images(paths)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    return images, len(errors)
 
 
 def split_names(text: str) -> list[str]:

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..images import ImageError, find_images, load_image, resize_map
+from ..images import ImageError, load_image, resize_map
 from ..viz import overlay
 from .common import (
     add_model_arguments,
     build_method,
+    gather_images,
     open_model,
     parse_class,
     parse_scales,
@@ -83,12 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise usage_error(str(error)) from None
     target = parse_class(args.target, method)
-    images, errors = find_images(args.paths)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    failures = len(errors)
+    images, failures = gather_images(args.paths, args.out)
     inputs = {p.resolve() for p in images}
-    args.out.mkdir(parents=True, exist_ok=True)
     progress = tqdm(
         list(zip(images, output_stems(images), strict=True)),
         desc="explain",

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..evaluation import DEFAULT_METHODS, make_method
-from ..images import ImageError, find_images, load_image
+from ..images import ImageError, load_image
 from ..metrics.sanity import (
     MODES,
     SIMILARITIES,
@@ -29,6 +29,7 @@ from ..metrics.sanity import (
 )
 from .common import (
     add_model_arguments,
+    gather_images,
     open_model,
     parse_class,
     parse_scales,
@@ -101,13 +102,9 @@ def run(args: argparse.Namespace) -> int:
         return lambda m: make_method(name, m, classes, layer, args.scales)
 
     factories = {name: factory(name) for name in args.methods}
-    images, errors = find_images(args.paths)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    failures = len(errors)
+    images, failures = gather_images(args.paths, args.out)
     if not images:
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
     inputs = {p.resolve() for p in images}
     table_path = args.out / "sanity.csv"
     if table_path.resolve() in inputs:
