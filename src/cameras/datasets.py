@@ -243,6 +243,22 @@ def _add(objects: dict[int, list[Box]], index: int, box: Box) -> None:
     objects.setdefault(index, []).append(box)
 
 
+def _json_record(
+    entry: dict, name_key: str, folder: Path, objects: dict, problems: list[str], seen: dict
+) -> Record:
+    """A Record from a JSON entry (ours or COCO's), with its width and height when given."""
+    size = None
+    if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
+        size = (entry["width"], entry["height"])
+    return Record(
+        key=_unique_key(entry[name_key], seen),
+        file=folder / entry[name_key],
+        objects=_freeze(objects),
+        size=size,
+        problems=tuple(problems),
+    )
+
+
 def _freeze(objects: dict[int, list[Box]]) -> dict[int, tuple[Box, ...]]:
     return {index: tuple(boxes) for index, boxes in sorted(objects.items())}
 
@@ -298,18 +314,7 @@ def _json_list_records(
                     _add(objects, index, parse_box(raw))
                 except ValueError as error:
                     problems.append(f"object {m}: {error}")
-        size = None
-        if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
-            size = (entry["width"], entry["height"])
-        records.append(
-            Record(
-                key=_unique_key(entry["file"], seen),
-                file=root / entry["file"],
-                objects=_freeze(objects),
-                size=size,
-                problems=tuple(problems),
-            )
-        )
+        records.append(_json_record(entry, "file", root, objects, problems, seen))
     return Annotations(records, errors)
 
 
@@ -469,18 +474,7 @@ def _coco_records(
                 _add(objects, index, parse_box([x, y, _sum(x, w), _sum(y, h)]))
             except ValueError as error:
                 problems.append(f"object {m} ({name}): {error}")
-        size = None
-        if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
-            size = (entry["width"], entry["height"])
-        records.append(
-            Record(
-                key=_unique_key(entry["file_name"], seen),
-                file=image_dir / entry["file_name"],
-                objects=_freeze(objects),
-                size=size,
-                problems=tuple(problems),
-            )
-        )
+        records.append(_json_record(entry, "file_name", image_dir, objects, problems, seen))
     return Annotations(records, errors)
 
 
