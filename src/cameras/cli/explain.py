@@ -79,10 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise usage_error(f"--alpha {args.alpha}: must be between 0 and 1")
     check_output_folder(args.out, args.paths)
     model, prep, classes = open_model(args)
-    try:
-        method = build_method(args.method, model, classes, args.layer, args.scales)
-    except ValueError as error:
-        raise usage_error(str(error)) from None
+    method = build_method(args.method, model, classes, args.layer, args.scales)
     target = parse_class(args.target, method)
     images, failures = gather_images(args.paths, args.out)
     inputs = {p.resolve() for p in images}
