@@ -11,16 +11,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Reinstalls whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,web]'
+# Everything the tests need, at the exact versions of constraints.txt; reinstalls whenever
+# pyproject.toml or constraints.txt changes.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-demo: $(VENV)/.installed
+# The demo: the core (what `cameras explain` needs) and the eval extra, whose
+# scikit-image ships the demo photo; the same pinned versions.
+$(VENV)/.demo: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[eval]'
+	touch $@
+
+demo: $(VENV)/.demo
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/python -c "from PIL import Image; from skimage import data; Image.fromarray(data.chelsea()).save('$(DEMO_OUT)/chelsea.jpg')"
 	$(BIN)/cameras explain $(DEMO_OUT)/chelsea.jpg --out $(DEMO_OUT)
-	@echo "wrote $(DEMO_OUT)/chelsea_cameras.png (overlay) and $(DEMO_OUT)/chelsea_cameras.npy (map)"
+	@echo "wrote $(DEMO_OUT)/chelsea.jpg (the photo), chelsea_cameras.png (overlay), chelsea_cameras.npy (map)"
+	@echo "the cameras command is $(BIN)/cameras; or run '. $(BIN)/activate' once to type just 'cameras'"
 
 # Debian packages the tests use: Chromium for the browser test, opencv-doc's photos for
 # the evaluation set. Installed when missing and when we may (root); otherwise said.

@@ -6,13 +6,37 @@ import pytest
 import torch
 from PIL import Image
 
+_LOADED: dict[tuple, tuple] = {}
+
+
+def shared_load_model(name="efficientnet_lite0", weights=None, device=None, pretrained=True):
+    """``cameras.load_model`` that builds each (name, weights, device) once per test run.
+
+    Sharing is safe because the library leaves a model exactly as it found it (checked
+    for every method and failure in test_model_safety.py); it saves a model build per
+    CLI test.
+    """
+    from cameras.models import load_model
+
+    device = str(torch.device(device)) if device is not None else "cpu"
+    key = (name, str(weights) if weights is not None else None, device, pretrained)
+    if key not in _LOADED:
+        _LOADED[key] = load_model(name, weights=weights, device=device, pretrained=pretrained)
+    return _LOADED[key]
+
+
+@pytest.fixture(autouse=True)
+def _one_model_per_name(monkeypatch):
+    """Every ``Session.load`` (so every CLI subcommand run in-process) shares the models."""
+    import cameras.session
+
+    monkeypatch.setattr(cameras.session, "load_model", shared_load_model)
+
 
 @pytest.fixture(scope="session")
 def lite0():
     """(model, prep, classes) for the embedded EfficientNet-Lite0 (ImageNet-1k)."""
-    import cameras
-
-    return cameras.load_model()
+    return shared_load_model()
 
 
 def _skimage_photo(name: str) -> Image.Image:

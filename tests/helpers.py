@@ -56,3 +56,30 @@ def hook_count(model: nn.Module) -> int:
         + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything about a model that explaining it must not change."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad is None for p in model.parameters()],
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "hooks": hook_count(model),
+        "attributes": [sorted(vars(m)) for m in model.modules()],
+    }
+
+
+def assert_left_as_found(model: nn.Module, before: dict) -> None:
+    """The one "model left as found" check: flags, requires_grad, no gradient written,
+    every parameter and buffer (BatchNorm statistics), no hook, no attribute added."""
+    after = model_state(model)
+    assert after["training"] == before["training"], "training flags changed"
+    assert after["requires_grad"] == before["requires_grad"], "requires_grad changed"
+    assert after["grads"] == before["grads"], "parameter gradients were written"
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for key, value in before["tensors"].items():
+        assert torch.equal(after["tensors"][key], value), f"{key} changed"
+    assert after["hooks"] == before["hooks"], "a hook survived"
+    assert after["attributes"] == before["attributes"], "a module attribute was added or removed"
+    assert torch.is_grad_enabled(), "grad mode was not restored"

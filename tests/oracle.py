@@ -1,7 +1,7 @@
-"""A plain, slow implementation of the SPEC equations: the reference the fast code must match.
+"""A plain, slow implementation of docs/method.md: the reference the fast code must match.
 
 One image at a time, a full backward pass through the whole network, every channel
-upsampled to full resolution. Written from SPEC.md, sharing no code with src/.
+upsampled to full resolution. Written from docs/method.md, sharing no code with src/.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 
 def oracle_resize(image: torch.Tensor, scale: int) -> torch.Tensor:
-    """SPEC step 1: bicubic, shorter side = scale, each side rounded to the nearest pixel."""
+    """docs/method.md step 1: bicubic, shorter side = scale, each side rounded to nearest."""
     height, width = image.shape[-2:]
     shorter = min(height, width)
     if scale == shorter:

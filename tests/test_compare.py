@@ -209,5 +209,6 @@ def test_cli_unreadable_image(tmp_path, capsys):
             [path, "--methods", "gradcam", "--out", tmp_path / "f.png"], capsys
         )
         assert code == 1
-        assert message in stderr and str(path) in stderr and "Traceback" not in stderr
+        assert stderr == f"error: {path}: {message}" + stderr.split(message, 1)[1]
+        assert len(stderr.splitlines()) == 1
     assert not (tmp_path / "f.png").exists()

@@ -44,11 +44,11 @@ def test_class_resolver_order():
     assert resolver(7) == 2  # COCO-style integer id through the map
     assert resolver("DOG") == 1  # model class name, case-insensitive
     assert resolver("2") == 2  # a bare index
-    with pytest.raises(ValueError, match="unknown class 'horse'"):
+    with pytest.raises(ValueError, match="unknown class name 'horse'"):
         resolver("horse")
     with pytest.raises(ValueError, match="out of range"):
         resolver(3)
-    with pytest.raises(ValueError, match="not a model class name"):
+    with pytest.raises(ValueError, match="class map: 'x' -> unknown class name 'zebra'"):
         ClassResolver(NAMES, class_map={"x": "zebra"})("x")
 
 
@@ -137,7 +137,7 @@ def test_pascal_voc_folder(tmp_path):
     assert record.size == (50, 40)
     # VOC is 1-based inclusive: xmin 1..xmax 10 is x0 0, x1 10.
     assert record.objects == {0: ((0.0, 1.0, 10.0, 20.0),)}
-    assert "unknown class 'unicorn'" in record.problems[0]
+    assert "unknown class name 'unicorn'" in record.problems[0]
     assert "'oops' is not a number" in record.problems[1]
     assert len(annotations.errors) == 1 and "000002.xml" in annotations.errors[0]
 
@@ -182,7 +182,7 @@ def test_coco_instances_with_class_map(tmp_path):
     x, y = annotations.records
     assert x.file == tmp_path / "imgs" / "x.jpg" and x.size == (64, 48)
     assert x.objects == {0: ((10.0, 5.0, 30.5, 15.0),), 2: ((0.0, 0.0, 4.0, 4.0),)}
-    assert "unknown class 'person'" in x.problems[0]
+    assert "unknown class name 'person'" in x.problems[0]
     assert y.objects == {} and "empty" in y.problems[0]
     # read_annotations recognises the format.
     assert read_annotations(path, tmp_path / "imgs", resolver).records[0].objects == x.objects

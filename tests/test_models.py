@@ -9,7 +9,7 @@ import torchvision
 from PIL import Image
 
 import cameras
-from cameras.models import ModelError, find_class, load_model
+from cameras.models import ModelError, load_model
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -94,14 +94,6 @@ def test_bad_names_and_files_are_clear_errors(tmp_path):
     torch.save(torchvision.models.resnet34().state_dict(), wrong)
     with pytest.raises(ModelError, match="do not fit the model"):
         load_model("resnet18", weights=wrong)
-
-
-def test_find_class():
-    names = ["tabby", "tiger cat", "Egyptian cat"]
-    assert find_class("Tiger Cat", names) == 1
-    assert find_class("2", names) == 2
-    with pytest.raises(ValueError, match="closest: tiger cat"):
-        find_class("tigr cat", names)
 
 
 def test_random_weights_for_sanity_checks():

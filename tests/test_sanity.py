@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from helpers import TinyNet, hook_count
+from helpers import TinyNet, assert_left_as_found, model_state
 from torch import nn
 
 from cameras import CAMERAS, GradCAM
@@ -42,25 +42,6 @@ class Staged(nn.Module):
     def forward(self, x):
         x = self.stages(self.act(self.bn(self.stem(x))))
         return self.head(x.mean((2, 3)))
-
-
-def snapshot(model: nn.Module):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        hook_count(model),
-    )
-
-
-def assert_unchanged(model: nn.Module, before) -> None:
-    state, flags, grads, hooks = before
-    after = model.state_dict()
-    assert state.keys() == after.keys()
-    assert all(torch.equal(state[k], after[k]) for k in state)
-    assert [m.training for m in model.modules()] == flags
-    assert [p.requires_grad for p in model.parameters()] == grads
-    assert hook_count(model) == hooks
 
 
 def test_steps_follow_execution_order_from_the_logits_down():
@@ -107,7 +88,7 @@ def test_randomise_keeps_scale_and_buffers():
 
 def test_cascading_accumulates_independent_resets_and_the_original_is_untouched():
     model = Staged().train()
-    before = snapshot(model)
+    before = model_state(model)
     steps = randomisation_steps(model)
     head, stage1 = model.head.weight.detach().clone(), model.stages[1][0].weight.detach().clone()
     seen = [
@@ -122,7 +103,7 @@ def test_cascading_accumulates_independent_resets_and_the_original_is_untouched(
     ]
     assert torch.equal(independent[1][0], head)  # only stages.1 is random at step 2
     assert not torch.equal(independent[1][1], stage1)
-    assert_unchanged(model, before)
+    assert_left_as_found(model, before)
     with pytest.raises(ValueError, match="mode"):
         next(randomised_models(model, steps, "sideways"))
 
@@ -147,7 +128,7 @@ def test_similarities_by_hand():
 def test_sanity_check_on_a_tiny_model():
     torch.manual_seed(0)
     model = TinyNet(num_classes=4).train()
-    before = snapshot(model)
+    before = model_state(model)
     x = torch.rand(2, 3, 32, 48)
     methods = {
         "gradcam": lambda m: GradCAM(m, layer="features"),
@@ -160,18 +141,18 @@ def test_sanity_check_on_a_tiny_model():
     assert len(result.rows) == len(steps) * 2 * 2
     original = GradCAM(model, layer="features")(x, targets=result.targets).maps.numpy()
     np.testing.assert_allclose(result.maps["gradcam"][0], original, atol=1e-6)
-    assert_unchanged(model, before)
+    assert_left_as_found(model, before)
 
 
 def test_randomising_lite0s_classifier_changes_its_map_and_not_the_model(lite0, chelsea):
     model, prep, _ = lite0
-    before = snapshot(model)
+    before = model_state(model)
     x = prep(chelsea.resize((225, 150)))[None]
     steps = randomisation_steps(model)[:1]
     result = sanity_check(model, x, {"gradcam": lambda m: GradCAM(m)}, steps=steps)
     (row,) = result.rows
     assert row["label"] == "classifier" and row["spearman"] < 0.8
-    assert_unchanged(model, before)
+    assert_left_as_found(model, before)
 
 
 def test_sanity_command(tmp_path, chelsea, capsys):

@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cameras
 from cameras import CAMERAS, GradCAM, web
 from cameras.images import resize_map
 from cameras.methods.cameras import default_scales
@@ -32,12 +33,16 @@ from cameras.viz import colorize, overlay
 from cameras.web import (
     MAX_SIDE,
     MAX_UPLOAD_BYTES,
-    Explainer,
+    ResultFolders,
     WebError,
+    explain_photo,
+    handle_explain,
+    handle_opacity,
+    handle_upload,
+    method_for,
     open_upload,
     preset_scales,
     render,
-    resolve_class,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,9 +63,9 @@ CHELSEA_SIZE = (451, 300)  # width, height of scikit-image's chelsea
 
 
 @pytest.fixture(scope="module")
-def explainer(lite0):
+def session(lite0):
     model, prep, classes = lite0
-    return Explainer(model, prep, classes)
+    return cameras.Session(model, prep, classes)
 
 
 # ---------------------------------------------------------------- functions, no browser
@@ -137,48 +142,94 @@ def test_open_upload_limits_pixels_per_side_before_decoding(tmp_path):
     assert open_upload(tall, max_side=40).size == (3, 40)
 
 
-def test_resolve_class_by_index_and_by_name(lite0):
-    _, _, classes = lite0
-    assert resolve_class("281", classes, 1000) == 281
-    assert resolve_class(" Persian cat ", classes, 1000) == 283
-    assert resolve_class("persian CAT", classes, 1000) == 283  # case-insensitive
-    assert resolve_class("7", None, 10) == 7  # a model without names takes indices
-    with pytest.raises(WebError, match="out of range: the model has 1000 classes"):
-        resolve_class("1000", classes, 1000)
-    with pytest.raises(WebError, match="unknown class name 'persian kat'; closest: Persian cat"):
-        resolve_class("persian kat", classes, 1000)
-    with pytest.raises(WebError, match="no class names; type an index from 0 to 9"):
-        resolve_class("cat", None, 10)
-    with pytest.raises(WebError, match="choose a class"):
-        resolve_class("  ", classes, 1000)
-
-
-def test_top_classes_are_the_models_softmax(explainer, lite0, chelsea):
+def test_upload_handler_shows_the_photo_and_the_models_top5(session, lite0, chelsea, tmp_path):
     model, prep, _ = lite0
     training = model.training
-    pairs, count = explainer.top_classes(chelsea)
+    path = tmp_path / "chelsea.png"
+    chelsea.save(path)
+    page = handle_upload(session, str(path))
     with torch.no_grad():
-        reference = model(prep(chelsea)[None]).softmax(dim=1)[0]
-    assert count == 1000
-    assert [i for i, _ in pairs] == reference.topk(5).indices.tolist()
-    assert [p for _, p in pairs] == pytest.approx(reference.topk(5).values.tolist(), abs=1e-6)
+        reference = model(prep(chelsea)[None]).softmax(dim=1)[0].topk(5)
+    assert [value for _, value in page["choices"]] == [str(i) for i in reference.indices.tolist()]
+    assert page["choice"] == str(reference.indices[0].item())
+    assert list(page["top5"].values()) == pytest.approx(reference.values.tolist(), abs=1e-6)
+    assert list(page["top5"])[0] == session.class_label(int(reference.indices[0]))
+    assert page["state"]["stem"] == "chelsea" and page["state"]["image"].size == CHELSEA_SIZE
+    assert page["status"].startswith("**chelsea.png**: 451 x 300 px")
     assert model.training == training
+    nothing = handle_upload(session, None)
+    assert nothing["state"] is None and nothing["status"] == "Upload a photo to start."
+    (tmp_path / "notes.txt").write_text("not a photo")
+    refused = handle_upload(session, str(tmp_path / "notes.txt"))
+    assert refused["state"] is None
+    assert refused["status"] == "**Error:** notes.txt: not an image (unrecognised format)"
 
 
-def test_explain_calls_the_library_and_resizes_to_the_photo(lite0, chelsea, monkeypatch):
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("1000", "class 1000 is out of range: the model has 1000 classes (0 to 999)"),
+        ("-3", "class -3 is out of range: the model has 1000 classes (0 to 999)"),
+        ("\u00b2", "unknown class name '\u00b2'; no close match"),  # a superscript two
+        (
+            "persian kat",
+            "unknown class name 'persian kat'; closest: Persian cat, pomegranate, Egyptian cat",
+        ),
+        ("  ", "empty class: give an index or a name"),
+        (None, "empty class: give an index or a name"),
+    ],
+)
+def test_explain_handler_reports_a_bad_class_on_the_page(session, chelsea, typed, message):
+    """Bad classes are one line on the page (the class rule's own wording), never an
+    exception escaping the handler."""
+    state = {"image": chelsea.resize((60, 40)), "stem": "chelsea"}
+    page = handle_explain(session, state, typed, ["gradcam"], "fewer", 0.5, ResultFolders())
+    assert page == {"status": f"**Error:** {message}", "items": [], "files": None, "done": None}
+
+
+def test_explain_handler_needs_a_photo_and_a_method(session, chelsea):
+    folders = ResultFolders()
+    page = handle_explain(session, None, "281", ["gradcam"], "fewer", 0.5, folders)
+    assert page["status"] == "**Error:** upload a photo first"
+    state = {"image": chelsea.resize((60, 40)), "stem": "chelsea"}
+    page = handle_explain(session, state, "281", [], "fewer", 0.5, folders)
+    assert page["status"] == "**Error:** choose at least one method"
+    assert handle_opacity(None, 0.5, folders) is None
+
+
+def test_explain_and_opacity_handlers_write_the_librarys_maps(session, lite0, chelsea, monkeypatch):
+    model, prep, _ = lite0
+    monkeypatch.setitem(web.PRESETS, "fewer", 324)
+    small = chelsea.resize((150, 100))
+    folders = ResultFolders()
+    state = {"image": small, "stem": "cat"}
+    page = handle_explain(session, state, " Persian CAT ", ["gradcam"], "fewer", 1.0, folders)
+    assert page["status"] == "Explained **Persian cat** (283)."
+    png, npy = page["files"]
+    assert Path(png).name == "cat_gradcam.png" and Path(npy).name == "cat_gradcam.npy"
+    reference = resize_map(GradCAM(model, layer="bn2")(prep(small)[None], 283).maps[0], 100, 150)
+    np.testing.assert_allclose(np.load(npy), reference, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), colorize(reference))
+    redrawn = handle_opacity(page["done"], 0.0, folders)
+    assert redrawn["files"][1] == npy  # the map is reused, only the overlay is redrawn
+    np.testing.assert_array_equal(np.asarray(Image.open(redrawn["files"][0])), np.asarray(small))
+    shutil.rmtree(folders.root)
+
+
+def test_explain_photo_calls_the_library_and_resizes_to_the_photo(lite0, chelsea, monkeypatch):
     """The page's maps are the library's maps at the photo's size: no maths of its own."""
     model, prep, classes = lite0
     # Two scales keep this fast on a CPU; the browser test runs the real "fewer" preset.
     monkeypatch.setitem(web.PRESETS, "fewer", 324)
-    explainer = Explainer(model, prep, classes)
+    session = cameras.Session(model, prep, classes)
     small = chelsea.resize((150, 100))
     seen = []
-    results = explainer.explain(
-        small, 283, ["gradcam", "cameras"], "fewer", lambda i, n: seen.append((i, n))
+    results = explain_photo(
+        session, small, 283, ["gradcam", "cameras"], "fewer", lambda i, n: seen.append((i, n))
     )
     assert seen == [(0, "gradcam"), (1, "cameras")]
     assert [r.method for r in results] == ["gradcam", "cameras"]
-    assert explainer.layer == "bn2"  # found once by the first method, reused by the next
+    assert session.layer == "bn2"  # found once, shared by every method
     x = prep(small)[None]
     expected = {
         "gradcam": GradCAM(model, layer="bn2")(x, targets=283),
@@ -192,9 +243,9 @@ def test_explain_calls_the_library_and_resizes_to_the_photo(lite0, chelsea, monk
         np.testing.assert_allclose(result.saliency, reference, atol=1e-6)
     assert results[1].scales_kept == [224, 324]  # a class given keeps every scale
     with pytest.raises(WebError, match="choose at least one method"):
-        explainer.explain(small, 283, [], "fewer")
+        explain_photo(session, small, 283, [], "fewer")
     with pytest.raises(WebError, match="unknown method 'magic'"):
-        explainer.method("magic")
+        method_for(session, "magic")
 
 
 def test_render_writes_the_overlay_and_the_raw_map(tmp_path, chelsea):
@@ -232,11 +283,11 @@ def test_result_folders_expire():
         shutil.rmtree(made.root)
 
 
-def test_model_work_runs_one_at_a_time(explainer):
+def test_model_work_runs_one_at_a_time(session):
     """Upload (top-5) and Explain share one queue slot; redrawing at a new opacity does not
     touch the model and has its own."""
     pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
-    app = web.build_app(explainer)
+    app = web.build_app(session)
     events = {fn.name: fn for fn in app.fns.values()}
     assert set(events) == {"on_upload", "on_explain", "on_opacity"}
     for name in ("on_upload", "on_explain"):

@@ -4,8 +4,13 @@ import cameras
 model, prep, classes = cameras.load_model()
 result = cameras.CAMERAS(model)(prep(image)[None])
 result.maps  # (1, H, W) in [0, 1]
+
+session = cameras.Session.load()          # the same, with class names and methods built once
+image, x = session.open("cat.jpg")
+session.explain(x, "cameras", target="tabby")
 """
 
+from .classes import ClassError, class_index
 from .images import ImageError, load_image
 from .methods import (
     CAMERAS,
@@ -20,6 +25,7 @@ from .methods import (
     default_scales,
 )
 from .models import ModelError, Preprocess, load_model
+from .session import Session
 from .viz import overlay
 
 __version__ = "0.1.0"
@@ -27,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CAMERAS",
     "METHODS",
+    "ClassError",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -36,7 +43,9 @@ __all__ = [
     "ModelError",
     "Preprocess",
     "ScaleRecord",
+    "Session",
     "XGradCAM",
+    "class_index",
     "default_scales",
     "load_image",
     "load_model",

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .classes import check_indices
+
 LayerSpec = str | nn.Module | None
 
 # A probe input's two sizes: a layer whose output grows between them is a spatial
@@ -237,12 +239,7 @@ class LayerCapture:
         if callable(targets):
             targets = targets(logits.detach())
         targets = targets.to(logits.device)
-        num_classes = logits.shape[1]
-        bad = (targets < 0) | (targets >= num_classes)
-        if bad.any():
-            raise ValueError(
-                f"class {int(targets[bad][0])} is out of range: the model has {num_classes} classes"
-            )
+        check_indices(targets, logits.shape[1])
         if not logits.requires_grad:
             raise RuntimeError(
                 f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "

@@ -20,8 +20,8 @@ Metrics resize maps to each image's own size, so nothing is rescaled here.
 Dataset class labels become model class indices through, in order: a class-map file
 (JSON object ``{"label": index or model class name}``), ImageNet synset ids (for a
 1000-class model, using the synset list timm ships, ``timm/data/_info/
-imagenet_synsets.txt``: line k is class k), the model's class names (exact, then
-case-insensitive), or an integer label.
+imagenet_synsets.txt``: line k is class k), then the class rule of ``cameras.classes``
+(an index, or the model's class names, exact then case-insensitive).
 
 Bad annotations never stop a run: an object with an unknown class or a malformed box
 is dropped with a message in ``Record.problems``; a record that cannot be read at all
@@ -38,6 +38,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .classes import ClassError, class_index
 
 Box = tuple[float, float, float, float]
 
@@ -95,6 +97,8 @@ class ClassResolver:
 
     classes: the model's class names (None if it has none); num_classes: the model's
     class count (default ``len(classes)``); class_map: label -> index or class name.
+    Labels that neither the class map nor the synset list know go through the class
+    rule of ``cameras.classes``; every failure is a ``ClassError`` (a ValueError).
     """
 
     def __init__(
@@ -111,52 +115,25 @@ class ClassResolver:
         )
         self.class_map = {str(k): v for k, v in (class_map or {}).items()}
         self._synsets: dict[str, int] | None = None
-        self._lower = (
-            {name.lower(): i for i, name in reversed(list(enumerate(self.classes)))}
-            if self.classes is not None
-            else {}
-        )
 
-    def index(self, value: int) -> int:
-        """Check an integer class index against the model's class count."""
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"class index {value!r} is not an integer")
-        if value < 0 or (self.num_classes is not None and value >= self.num_classes):
-            raise ValueError(
-                f"class index {value} is out of range (the model has {self.num_classes} classes)"
-            )
-        return value
+    def index(self, value: object) -> int:
+        """A model class index for a value given as a class (index or name)."""
+        return class_index(value, self.classes, self.num_classes)
 
     def __call__(self, label: str | int) -> int:
-        """The model class index for a dataset label; ValueError if unknown."""
-        if isinstance(label, int) and not isinstance(label, bool):
-            if str(label) in self.class_map:
-                return self._mapped(str(label))
-            return self.index(label)
-        text = str(label).strip()
-        if text in self.class_map:
-            return self._mapped(text)
-        if _SYNSET.match(text) and self.num_classes == 1000:
+        """The model class index for a dataset label; ClassError if unknown."""
+        key = str(label).strip() if not isinstance(label, bool) else None
+        if key is not None and key in self.class_map:
+            try:
+                return self.index(self.class_map[key])
+            except ClassError as error:
+                raise ClassError(f"class map: {key!r} -> {error}") from None
+        if key is not None and _SYNSET.match(key) and self.num_classes == 1000:
             if self._synsets is None:
                 self._synsets = {s: i for i, s in enumerate(imagenet_synsets())}
-            if text in self._synsets:
-                return self._synsets[text]
-        if self.classes is not None:
-            if text in self.classes:
-                return self.classes.index(text)
-            if text.lower() in self._lower:
-                return self._lower[text.lower()]
-        if text.lstrip("-").isdigit():
-            return self.index(int(text))
-        raise ValueError(f"unknown class {text!r}")
-
-    def _mapped(self, key: str) -> int:
-        value = self.class_map[key]
-        if isinstance(value, str) and not value.lstrip("-").isdigit():
-            if self.classes is None or value.lower() not in self._lower:
-                raise ValueError(f"class map: {key!r} -> {value!r} is not a model class name")
-            return self._lower[value.lower()]
-        return self.index(int(value))
+            if key in self._synsets:
+                return self._synsets[key]
+        return self.index(label)
 
 
 def load_class_map(path: str | Path) -> dict[str, int | str]:

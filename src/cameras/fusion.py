@@ -1,4 +1,5 @@
-"""Multi-scale accumulation (SPEC steps 3 and 4), exact and memory-bounded.
+"""Multi-scale accumulation (docs/method.md, steps 3 and 4; algebra in section 4), exact
+and memory-bounded.
 
 The plain recipe upsamples every channel of every scale to full resolution: for
 ResNet-50 that is a 2048 x H x W tensor (411 MB at 224 x 224) per scale, twice, and

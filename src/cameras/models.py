@@ -58,26 +58,6 @@ def class_names_for(model: nn.Module) -> list[str] | None:
     return None
 
 
-def find_class(name: str, class_names: Sequence[str]) -> int:
-    """Index of a class by name: exact, then case-insensitive; otherwise a ValueError
-    that lists the closest names. A name made of digits is taken as an index."""
-    if name.strip().isdigit():
-        index = int(name)
-        if index >= len(class_names):
-            raise ValueError(
-                f"class {index} is out of range: the model has {len(class_names)} classes"
-            )
-        return index
-    if name in class_names:
-        return list(class_names).index(name)
-    lowered = [c.lower() for c in class_names]
-    if name.lower() in lowered:
-        return lowered.index(name.lower())
-    close = difflib.get_close_matches(name.lower(), lowered, n=5, cutoff=0.6)
-    hint = f"; closest: {', '.join(class_names[lowered.index(c)] for c in close)}" if close else ""
-    raise ValueError(f"unknown class name {name!r}{hint}")
-
-
 class Preprocess:
     """PIL image -> (3, H, W) float tensor: shorter side ``size`` (aspect kept, whole
     image, no crop, so the map covers the photo), then ``(x / 255 - mean) / std``."""

@@ -1,5 +1,10 @@
-"""Pictures of saliency maps: colour maps, overlays at the image's own size, and the
-comparison grids of ``cameras compare`` (one module for the CLI and the web page)."""
+"""Every picture the project draws: colour maps, overlays at the image's own size, the
+comparison grids of ``cameras compare``, the attack's perturbation panels, the sanity
+figures and the evaluation curves; and the one PNG writer (``save_png``).
+
+Figures use matplotlib's object interface (``matplotlib.figure.Figure`` drawn on an Agg
+canvas): no pyplot, no global state, no backend switching, safe in threads and servers.
+"""
 
 from __future__ import annotations
 
@@ -290,27 +295,64 @@ def figure_to_image(figure: Figure) -> Image.Image:
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
-def save_figure(figure: Figure, path: str | Path, colors: int | None = None) -> tuple[int, int]:
+def save_png(
+    picture: Image.Image | np.ndarray, path: str | Path, colors: int | None = None, dither=True
+) -> tuple[int, int]:
+    """The one PNG writer: an RGB picture (PIL or (H, W, 3) uint8) to ``path``, lossless
+    and optimised; returns (width, height).
+
+    colors: reduce to a palette of that many colours (2-256) first; with ``dither`` the
+    palette comes from octree quantisation and Floyd-Steinberg dithering against it
+    (quantising alone posterises photos and bands colour bars); without, the nearest
+    palette colour (right for flat colour-mapped figures). None keeps every colour.
+    """
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    picture = picture.convert("RGB")
+    if colors is not None:
+        if not 2 <= colors <= 256:
+            raise ValueError(f"colors must be between 2 and 256, got {colors}")
+        if dither:
+            palette = picture.quantize(colors, method=Image.Quantize.FASTOCTREE)
+            picture = picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
+        else:
+            picture = picture.quantize(colors, dither=Image.Dither.NONE)
+    picture.save(path, format="PNG", optimize=True)
+    return picture.size
+
+
+def save_figure(
+    figure: Figure, path: str | Path, colors: int | None = None, dither: bool = True
+) -> tuple[int, int]:
     """Write a figure at its own dpi, so its pixel size is kept; returns (width, height).
 
-    PNG goes through Pillow (optimised compression); other formats (jpg, pdf, svg, ...)
-    through matplotlib. colors: for PNG, reduce to a dithered palette of that many colours
-    (2-256): about 40 % of the file size, with a fine grain in smooth areas.
+    PNG goes through ``save_png`` (optimised, optionally a palette of ``colors``
+    colours: about 40 % of the file size); other formats (jpg, pdf, svg, ...) through
+    matplotlib's canvas.
     """
     path = Path(path)
     if colors is not None and not 2 <= colors <= 256:
         raise ValueError(f"colors must be between 2 and 256, got {colors}")
     picture = figure_to_image(figure)
     if path.suffix.lower() == ".png":
-        if colors is not None:
-            # Palette from octree quantisation, then Floyd-Steinberg dithering against it:
-            # quantising alone posterises the photo and bands the colour bars.
-            palette = picture.quantize(colors, method=Image.Quantize.FASTOCTREE)
-            picture = picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
-        picture.save(path, optimize=True)
-    else:
-        figure.savefig(path, dpi=figure.dpi)
+        return save_png(picture, path, colors, dither)
+    figure.savefig(path, dpi=figure.dpi)
     return picture.size
+
+
+def save_map(
+    image: Image.Image,
+    saliency: np.ndarray,
+    png: str | Path,
+    npy: str | Path | None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> None:
+    """What ``cameras explain`` and the web page write per map: the overlay at the
+    image's size as ``png`` and the (H, W) float32 map in [0, 1] as ``npy`` (if given)."""
+    save_png(overlay(image, saliency, cmap, alpha), png)
+    if npy is not None:
+        np.save(npy, np.asarray(saliency, dtype=np.float32))
 
 
 def _bars_stack(plain_rows: list[int], signed_rows: list[int]) -> bool:
@@ -382,11 +424,129 @@ def perturbation_figure(
     panels.append(("adversarial", adversarial))
     height, width = image.shape[:2]
     panel = 2.4  # inches per panel's height; widths follow the image's aspect
-    figure = Figure(figsize=(len(panels) * panel * width / height + 0.3, panel + 0.4))
+    figure = Figure(figsize=(len(panels) * panel * width / height + 0.3, panel + 0.4), dpi=120)
     axes = figure.subplots(1, len(panels))
     for axis, (name, picture) in zip(axes, panels, strict=True):
         axis.imshow(picture)
         axis.set_title(titles.get(name, name), fontsize=7)
         axis.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Sanity and evaluation figures
+# ---------------------------------------------------------------------------------------
+
+
+def sanity_figure(
+    result,
+    image: np.ndarray,
+    path: str | Path,
+    index: int = 0,
+    title: str | None = None,
+    cmap: str = "jet",
+    dpi: int = 72,
+) -> None:
+    """Adebayo et al.'s Figure 1 layout for a ``SanityResult``: one row per method, one
+    column per randomisation step (the trained model's map first), the photo on the left.
+    Written as a 256-colour PNG: colour-mapped maps lose nothing visible.
+
+    image: (H, W, 3) uint8 at the maps' size; index: which image of the batch.
+    """
+    from matplotlib.figure import Figure
+
+    methods = list(result.maps)
+    columns = len(result.labels) + 1
+    height, width = image.shape[:2]
+    cell = 1.25
+    figure = Figure(figsize=(cell * columns, cell * len(methods) * height / width + 0.9), dpi=dpi)
+    axes = figure.subplots(len(methods), columns, squeeze=False)
+    for row, method in enumerate(methods):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.imshow(image)
+                axis.set_ylabel(method, fontsize=9)
+            else:
+                axis.imshow(result.maps[method][column - 1, index], cmap=cmap, vmin=0, vmax=1)
+            if row == 0:
+                label = "image" if column == 0 else result.labels[column - 1]
+                axis.set_title(label.replace("+", "+\n"), fontsize=7, rotation=0)
+    mode = "cascading" if result.mode == "cascading" else "independent"
+    figure.suptitle(title or f"{mode} randomisation, from the logits down", fontsize=9)
+    figure.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
+    save_figure(figure, path, colors=256, dither=False)
+
+
+def similarity_figure(
+    means: dict[str, dict[str, list[float]]], labels: Sequence[str], path: str | Path, mode: str
+) -> None:
+    """Similarity to the trained model's map against the randomisation step, one panel
+    per measure, one line per method.
+
+    means: measure -> method -> mean similarity per step (labels[k] for step k + 1).
+    """
+    from matplotlib.figure import Figure
+
+    measures = list(means)
+    figure = Figure(figsize=(3.6 * len(measures), 3.6), dpi=100)
+    axes = figure.subplots(1, len(measures), squeeze=False)
+    steps = np.arange(1, len(labels) + 1)
+    for axis, measure in zip(axes[0], measures, strict=True):
+        for method, values in means[measure].items():
+            axis.plot(steps, values, marker="o", markersize=3, label=method)
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_title(measure.replace("_", " "), fontsize=10)
+        axis.set_xticks(steps, labels, rotation=70, fontsize=7)
+        axis.set_ylim(-0.3, 1.05)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"similarity to the trained map ({mode})")
+    axes[0][-1].legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def curves_figure(
+    curves: dict[tuple[str, str], list[np.ndarray]],
+    path: str | Path,
+    lower_is_better: Sequence[str] = ("deletion",),
+) -> bool:
+    """Mean insertion and deletion curves per method (one panel each) as a PNG.
+
+    curves: (method, "insertion"|"deletion") -> list of per-unit curves (steps + 1,).
+    Returns False (and writes nothing) when there are no curves.
+    """
+    from matplotlib.figure import Figure
+
+    from .metrics import area_under_curve
+
+    kinds = [k for k in ("insertion", "deletion") if any(kind == k for _, kind in curves)]
+    if not kinds:
+        return False
+    figure = Figure(figsize=(5.5 * len(kinds), 4), dpi=100)
+    axes = figure.subplots(1, len(kinds), squeeze=False)
+    for axis, kind in zip(axes[0], kinds, strict=True):
+        for (method, this), stack in curves.items():
+            if this != kind or not stack:
+                continue
+            if len({len(c) for c in stack}) != 1:
+                continue  # runs with different step counts cannot be averaged
+            mean = np.mean(np.stack(stack), 0)
+            fractions = np.linspace(0, 1, mean.size)
+            area = float(np.mean([float(area_under_curve(c)) for c in stack]))
+            axis.plot(fractions, mean, label=f"{method} (AUC {area:.3f})")
+        better = "lower" if kind in lower_is_better else "higher"
+        count = max(len(stack) for (_, this), stack in curves.items() if this == kind)
+        axis.set_title(f"{kind} ({better} is better), mean over {count} pairs")
+        axis.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}")
+        axis.set_ylabel("probability of the class")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(bottom=0)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path)
+    return True

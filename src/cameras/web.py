@@ -1,11 +1,12 @@
 """The web page behind ``cameras serve``: drop a photo, see what the model looks at.
 
-The page (Gradio) only moves data between the browser and the library: the model comes
-from ``load_model``, the maps from the classes in ``METHODS``, the photo from
-``load_image``, the map at the photo's size from ``resize_map`` and the picture from
-``viz.overlay``, exactly as ``cameras explain`` does; there is no saliency maths here.
+The page (Gradio) only moves data between the browser and a ``cameras.Session``: the
+top-5 from ``Session.top_k``, the maps from the session's methods at the photo's size,
+the class from the rule in ``cameras.classes`` and the pictures from ``viz.save_map``,
+exactly as ``cameras explain`` does; there is no saliency maths here.
 
-The functions above ``build_app`` need no Gradio, so they are usable and testable alone.
+Everything above ``build_app``, the handlers included, needs no Gradio: the tests call
+``handle_upload`` / ``handle_explain`` / ``handle_opacity`` directly.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 
-from .capture import eval_mode, logits_of, model_device
-from .images import ImageError, load_image, resize_map
+from .classes import ClassError
+from .images import ImageError, load_image
 from .methods import METHODS, SaliencyMethod
-from .models import Preprocess, find_class
-from .viz import overlay
+from .session import Session
+from .viz import save_map
 
 MEGABYTE = 1024 * 1024
 MAX_UPLOAD_BYTES = 20 * MEGABYTE
@@ -99,28 +98,6 @@ def open_upload(
         raise WebError(str(error).replace(str(path), name, 1)) from None
 
 
-def resolve_class(text: str | None, classes: Sequence[str] | None, num_classes: int) -> int:
-    """A class index from what the user picked or typed: an index ("281") or a class name
-    (exact, then case-insensitive). WebError, with the closest names, when it is neither."""
-    text = (text or "").strip()
-    if not text:
-        raise WebError("choose a class: pick one of the top-5 or type a class name")
-    if text.isdigit():
-        index = int(text)
-        if index >= num_classes:
-            raise WebError(f"class {index} is out of range: the model has {num_classes} classes")
-        return index
-    if classes is None:
-        raise WebError(
-            f"class {text!r}: this model has no class names; type an index from 0 to "
-            f"{num_classes - 1}"
-        )
-    try:
-        return find_class(text, classes)
-    except ValueError as error:
-        raise WebError(str(error)) from None
-
-
 @dataclass
 class MapResult:
     """One method's map for one photo.
@@ -135,74 +112,39 @@ class MapResult:
     scales_kept: list[int]
 
 
-class Explainer:
-    """The model and one method object per (method, preset), built on first use and reused,
-    so the target layer is found once."""
+def method_for(session: Session, name: str, preset: str = "default") -> SaliencyMethod:
+    """The session's method ``name`` at a quality preset (only CAMERAS uses scales)."""
+    if name not in METHODS:
+        raise WebError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return session.method(name, preset_scales(preset, session.prep.size))
 
-    def __init__(
-        self,
-        model: nn.Module,
-        prep: Preprocess,
-        classes: Sequence[str] | None,
-        layer: str | None = None,
-    ) -> None:
-        self.model = model
-        self.prep = prep
-        self.classes = list(classes) if classes is not None else None
-        self.layer = layer
-        self._methods: dict[tuple[str, str], SaliencyMethod] = {}
 
-    def class_name(self, index: int) -> str:
-        return self.classes[index] if self.classes is not None else f"class {index}"
+def explain_photo(
+    session: Session,
+    image: Image.Image,
+    target: int,
+    methods: Sequence[str],
+    preset: str = "default",
+    progress: Callable[[int, str], None] | None = None,
+) -> list[MapResult]:
+    """One map per method for ``target``, each resized to the photo's own size.
 
-    def method(self, name: str, preset: str = "default") -> SaliencyMethod:
-        """The library method object ``name`` (a key of METHODS) for ``preset``."""
-        if name not in METHODS:
-            raise WebError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-        key = (name, preset if name == "cameras" else "")
-        if key not in self._methods:
-            extra = {"scales": preset_scales(preset, self.prep.size)} if name == "cameras" else {}
-            method = METHODS[name](self.model, layer=self.layer, class_names=self.classes, **extra)
-            self.layer = method.layer_name  # later methods reuse it instead of probing again
-            self._methods[key] = method
-        return self._methods[key]
-
-    def top_classes(self, image: Image.Image, k: int = 5) -> tuple[list[tuple[int, float]], int]:
-        """The model's k most probable classes for a photo, as (index, probability in [0, 1])
-        in descending order, and the number of classes the model has."""
-        x = self.prep(image)[None].to(model_device(self.model))
-        with eval_mode(self.model), torch.no_grad():
-            probabilities = logits_of(self.model(x)).float().softmax(dim=1)[0]
-        values, indices = probabilities.topk(min(k, probabilities.numel()))
-        pairs = list(zip(indices.tolist(), values.tolist(), strict=True))
-        return pairs, probabilities.numel()
-
-    def explain(
-        self,
-        image: Image.Image,
-        target: int,
-        methods: Sequence[str],
-        preset: str = "default",
-        progress: Callable[[int, str], None] | None = None,
-    ) -> list[MapResult]:
-        """One map per method for ``target``, each resized to the photo's own size.
-
-        progress(i, name) is called before method i (0-based) starts.
-        """
-        if not methods:
-            raise WebError("choose at least one method")
-        x = self.prep(image)[None]
-        results = []
-        for i, name in enumerate(methods):
-            method = self.method(name, preset)
-            if progress is not None:
-                progress(i, name)
-            explanation = method(x, targets=target)
-            saliency = resize_map(explanation.maps[0], image.height, image.width)
-            kept = [s.scale for s in explanation.scales[0] if s.kept]
-            chosen = explanation.targets[0]
-            results.append(MapResult(name, saliency, chosen, self.class_name(chosen), kept))
-        return results
+    progress(i, name) is called before method i (0-based) starts.
+    """
+    if not methods:
+        raise WebError("choose at least one method")
+    x = session.input(image)
+    results = []
+    for i, name in enumerate(methods):
+        method = method_for(session, name, preset)
+        if progress is not None:
+            progress(i, name)
+        explanation = method(x, targets=target)
+        saliency = session.map_at_image_size(explanation, image)
+        kept = [s.scale for s in explanation.scales[0] if s.kept]
+        chosen = explanation.targets[0]
+        results.append(MapResult(name, saliency, chosen, session.class_name(chosen), kept))
+    return results
 
 
 def render(
@@ -226,12 +168,8 @@ def render(
     for i, result in enumerate(results):
         base = folder / f"{stem}_{result.method}"
         png = base.with_suffix(".png")
-        overlay(image, result.saliency, cmap, alpha).save(png)
-        if maps is None:
-            npy = str(base.with_suffix(".npy"))
-            np.save(npy, result.saliency)
-        else:
-            npy = maps[i]
+        npy = str(base.with_suffix(".npy")) if maps is None else maps[i]
+        save_map(image, result.saliency, png, npy if maps is None else None, cmap, alpha)
         caption = f"{result.method}: {result.target_name} ({result.target})"
         items.append((str(png), caption))
         files.extend([str(png), npy])
@@ -270,21 +208,110 @@ def _error(message: str) -> str:
     return f"**Error:** {message}"
 
 
+# ---------------------------------------------------------------------------------------
+# The page's handlers: plain functions of plain values, called by build_app's Gradio
+# events and by the tests directly. Each returns a dict of what the page shows.
+# ---------------------------------------------------------------------------------------
+
+
+def handle_upload(
+    session: Session, upload, max_bytes: int = MAX_UPLOAD_BYTES, max_side: int = MAX_SIDE
+) -> dict:
+    """A dropped file -> the photo's state, preview, status line, top-5 and class choices.
+
+    Keys: state (None when nothing usable was dropped), preview (PIL, at most
+    PREVIEW_SIDE a side), status (markdown), top5 ({label: probability}), choices
+    ([(label, index as text)]), choice (the first choice's value or None).
+    """
+    empty = {"state": None, "preview": None, "top5": None, "choices": [], "choice": None}
+    path = _upload_path(upload)
+    if path is None:
+        return {**empty, "status": "Upload a photo to start."}
+    try:
+        image = open_upload(path, max_bytes, max_side)
+    except WebError as error:
+        return {**empty, "status": _error(str(error))}
+    pairs = session.top_k(image)
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # display only
+    choices = [(f"{session.class_label(i)}, {p:.1%}", str(i)) for i, p in pairs]
+    return {
+        "state": {"image": image, "stem": Path(path).stem},
+        "preview": preview,
+        "status": f"**{Path(path).name}**: {image.width} x {image.height} px. "
+        "Choose a class and methods, then Explain.",
+        "top5": {session.class_label(i): p for i, p in pairs},
+        "choices": choices,
+        "choice": choices[0][1],
+    }
+
+
+def handle_explain(
+    session: Session,
+    state: dict | None,
+    text: str | None,
+    chosen: Sequence[str] | None,
+    preset: str,
+    alpha: float,
+    folders: ResultFolders,
+    progress: Callable[[int, str], None] | None = None,
+) -> dict:
+    """Explain the loaded photo for the typed or picked class with the ticked methods.
+
+    Keys: status (markdown), items (gallery: (png path, caption)), files (downloads:
+    png, npy per method), done (what a new opacity redraws from; None on error).
+    """
+    failed = {"items": [], "files": None, "done": None}
+    if state is None:
+        return {**failed, "status": _error("upload a photo first")}
+    methods = [name for name in METHODS if name in (chosen or [])]
+    try:
+        try:
+            index = session.class_index(text or "")
+        except ClassError as error:
+            raise WebError(str(error)) from None
+        results = explain_photo(session, state["image"], index, methods, preset, progress)
+    except WebError as error:
+        return {**failed, "status": _error(str(error))}
+    items, files = render(state["image"], results, alpha, folders.new(), state["stem"])
+    kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
+    note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
+    done = {"results": results, "image": state["image"], "stem": state["stem"]}
+    return {
+        "status": f"Explained **{results[0].target_name}** ({index}){note}.",
+        "items": items,
+        "files": files,
+        "done": done | {"maps": files[1::2]},
+    }
+
+
+def handle_opacity(done: dict | None, alpha: float, folders: ResultFolders) -> dict | None:
+    """Redraw the overlays of the last explanation at a new opacity; None if there is
+    none. The maps written at Explain are reused unless their folder has expired."""
+    if done is None:
+        return None
+    maps = done["maps"] if all(Path(m).exists() for m in done["maps"]) else None
+    items, files = render(
+        done["image"], done["results"], alpha, folders.new(), done["stem"], maps=maps
+    )
+    return {"items": items, "files": files}
+
+
 def build_app(
-    explainer: Explainer,
+    session: Session,
     max_bytes: int = MAX_UPLOAD_BYTES,
     max_side: int = MAX_SIDE,
     model_name: str | None = None,
     title: str = "CAMERAS saliency",
 ):
-    """The Gradio Blocks page. Model work runs through one queue slot (concurrency 1,
-    shared by upload and explain), so requests wait their turn instead of competing."""
+    """The Gradio Blocks page over ``handle_*``. Model work runs through one queue slot
+    (concurrency 1, shared by upload and explain), so requests wait their turn."""
     # Analytics also switch on a version check over the network at launch: keep both off.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
 
     folders = ResultFolders()
-    size = explainer.prep.size
+    size = session.prep.size
     preset_choices = []
     for preset in PRESETS:
         scales = preset_scales(preset, size)
@@ -298,7 +325,7 @@ def build_app(
         gr.Markdown(
             "## CAMERAS: what does the model look at?\n"
             "Drop a photo, pick a class and one or more methods, then **Explain**. "
-            f"Model: `{model_name or type(explainer.model).__name__}`, "
+            f"Model: `{model_name or type(session.model).__name__}`, "
             f"input shorter side {size} px."
         )
         photo = gr.State(None)
@@ -355,6 +382,8 @@ def build_app(
             # Up to three overlays a row; the gallery is made tall enough for every row at
             # the photo's aspect ratio (about 700 px of width to share) plus the label and
             # the gaps, so no overlay is cut or scrolled.
+            if not items:
+                return gr.Gallery()
             columns = min(len(items), 3)
             rows = -(-len(items) // columns)
             box = 700 // columns * image.height // image.width
@@ -363,27 +392,15 @@ def build_app(
         def on_upload(file):
             # The drop zone is emptied every time, so it is always ready for the next photo;
             # the preview and the status line say which photo is loaded.
-            cleared = (None, gr.Dropdown(choices=[], value=None), [], None, None)
-            path = _upload_path(file)
-            if path is None:
-                return (None, None, None, "Upload a photo to start.", *cleared)
-            try:
-                image = open_upload(path, max_bytes, max_side)
-            except WebError as error:
-                return (None, None, None, _error(str(error)), *cleared)
-            pairs, count = explainer.top_classes(image)
-            shown_photo = image.copy()
-            shown_photo.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # display only
-            label = {f"{explainer.class_name(i)} ({i})": p for i, p in pairs}
-            choices = [(f"{explainer.class_name(i)} ({i}), {p:.1%}", str(i)) for i, p in pairs]
+            page = handle_upload(session, file, max_bytes, max_side)
+            dropdown = gr.Dropdown(choices=page["choices"], value=page["choice"])
             return (
                 None,
-                {"image": image, "stem": Path(path).stem, "classes": count},
-                shown_photo,
-                f"**{Path(path).name}**: {image.width} x {image.height} px. "
-                "Choose a class and methods, then Explain.",
-                label,
-                gr.Dropdown(choices=choices, value=choices[0][1]),
+                page["state"],
+                page["preview"],
+                page["status"],
+                page["top5"],
+                dropdown,
                 [],
                 None,
                 None,
@@ -391,38 +408,20 @@ def build_app(
 
         # Gradio finds the progress bar by this default value, hence the call in the signature.
         def on_explain(state, text, chosen, quality, opacity, progress=gr.Progress()):  # noqa: B008
-            if state is None:
-                return _error("upload a photo first"), gr.Gallery(), None, None
-            try:
-                index = resolve_class(text, explainer.classes, state["classes"])
-                chosen = [name for name in METHODS if name in (chosen or [])]
+            count = len(chosen or [])
 
-                def step(i: int, name: str) -> None:
-                    progress((i, len(chosen)), desc=f"{name} ({i + 1} of {len(chosen)})")
+            def step(i: int, name: str) -> None:
+                progress((i, count), desc=f"{name} ({i + 1} of {count})")
 
-                results = explainer.explain(state["image"], index, chosen, quality, step)
-            except WebError as error:
-                return _error(str(error)), gr.Gallery(), None, None
-            items, files = render(state["image"], results, opacity, folders.new(), state["stem"])
-            kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
-            note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
-            message = f"Explained **{results[0].target_name}** ({index}){note}."
-            done = {
-                "results": results,
-                "image": state["image"],
-                "stem": state["stem"],
-                "maps": files[1::2],
-            }
-            return message, shown(items, state["image"]), files, done
+            page = handle_explain(session, state, text, chosen, quality, opacity, folders, step)
+            picture = state["image"] if state is not None else None
+            return page["status"], shown(page["items"], picture), page["files"], page["done"]
 
         def on_opacity(done, opacity):
-            if done is None:
+            page = handle_opacity(done, opacity, folders)
+            if page is None:
                 return gr.Gallery(), None
-            image, results, stem = done["image"], done["results"], done["stem"]
-            # The maps written at Explain are reused unless their folder has expired.
-            maps = done["maps"] if all(Path(m).exists() for m in done["maps"]) else None
-            items, files = render(image, results, opacity, folders.new(), stem, maps=maps)
-            return shown(items, done["image"]), files
+            return shown(page["items"], done["image"]), page["files"]
 
         # Upload and explain both run the model: one shared slot, others wait in the queue.
         upload.upload(
@@ -463,7 +462,9 @@ def theme():
 
 def serve(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Start the page on host:port (loopback by default), no share link, no server-side
-    rendering (it would need Node). ``block=False`` returns once the server is up."""
+    rendering (it would need Node). ``block=False`` returns once the server is up.
+    Quiet: Gradio's own banner suggests ``share=True`` (a public link), which this page
+    never offers; ``cameras serve`` prints the address itself."""
     return app.launch(
         server_name=host,
         server_port=port,
@@ -474,5 +475,5 @@ def serve(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
         max_file_size=getattr(app, "cameras_max_bytes", MAX_UPLOAD_BYTES),
         theme=theme(),
         prevent_thread_lock=not block,
-        quiet=False,
+        quiet=True,
     )

@@ -20,10 +20,13 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="cameras",
         description="Sharp, class-specific saliency maps (CAMERAS, CVPR 2021) for classifiers.",
     )
+    parser.add_argument("--version", action="version", version=f"cameras {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)

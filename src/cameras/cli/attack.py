@@ -1,16 +1,14 @@
-"""``cameras attack PATH...``: saliency-focused PGD against plain PGD, per image and in sum."""
+"""``cameras attack PATH...``: saliency-focused PGD against plain PGD, per image and in sum.
+
+Parsing, files and printing only: the attacks and their summary come from
+``cameras.attack`` (``plain_and_focused``, ``compare_outcomes``, ``summarise_attacks``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
 
 from ..attack import (
     DEFAULT_BETA,
@@ -18,25 +16,32 @@ from ..attack import (
     DEFAULT_STEP_SIZE,
     DEFAULT_STEPS,
     NORMS,
-    AttackResult,
-    pgd,
+    PAPER_REDUCTION,
+    compare_outcomes,
+    plain_and_focused,
+    reaches_when_saved,
+    summarise_attacks,
+    to_uint8,
 )
-from ..capture import eval_mode, logits_of, model_device
-from ..images import ImageError, load_image
-from ..methods import METHODS
-from ..models import find_class
-from ..viz import perturbation_figure
+from ..images import ImageError
+from ..viz import perturbation_figure, save_png
 from .common import (
     add_model_arguments,
-    build_method,
+    add_out_argument,
+    check_output_folder,
     gather_images,
-    open_model,
+    method_of,
+    note,
+    open_session,
+    output_stems,
+    parse_class,
+    parse_methods,
     parse_scales,
+    progress_bar,
+    refuse_overwrite,
     usage_error,
 )
-from .explain import check_output_folder, output_stems
 
-PAPER_REDUCTION = 56.5  # % smaller perturbation norm, ResNet-50 on ImageNet val, beta = 50
 JSONL = "attack.jsonl"
 SUMMARY = "attack_summary.json"
 
@@ -64,7 +69,8 @@ def add_parser(subparsers) -> None:
         "model's input resolution, shorter side e.g. 224, not the photo's own size), "
         "OUT/<stem>_perturbation_<method>.png (the perturbations beside the map) and a JSON "
         f"line in OUT/{JSONL}; then it prints the fooling rates and the mean norm reduction. "
-        "Norms and step sizes are in [0, 1] pixel units.",
+        "Norms, step sizes and eps are in [0, 1] pixel units on the command line and in the "
+        "JSON files; printed Linf amounts are in 8-bit levels (x/255).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument(
@@ -100,12 +106,15 @@ def add_parser(subparsers) -> None:
         "--no-early-stop",
         dest="early_stop",
         action="store_false",
-        help="take every step instead of stopping each image once its target is top-1",
+        help="take every step instead of stopping each image once its target is top-1 "
+        "(default: stop early)",
     )
-    parser.add_argument("--scales", type=parse_scales, help="CAMERAS sizes, e.g. 224,324,424")
     parser.add_argument(
-        "--out", type=Path, default=Path("cameras-out"), help="default: %(default)s"
+        "--scales",
+        type=parse_scales,
+        help="CAMERAS sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
     )
+    add_out_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -119,163 +128,99 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise usage_error(f"--step-size {args.step_size}: must be positive")
     if args.eps is not None and not args.eps > 0:
         raise usage_error(f"--eps {args.eps}: must be positive")
-    if args.method != "none" and args.method not in METHODS:
-        raise usage_error(f"--method {args.method!r}: choose from {', '.join(METHODS)}, none")
-
-
-def parse_target(text: str | None, classes: list[str] | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        if text.strip().isdigit():
-            index = int(text)
-            if classes is not None and index >= len(classes):
-                raise ValueError(f"class {index} is out of range: the model has {len(classes)}")
-            return index
-        if classes is None:
-            raise ValueError("the model has no class names; pass an index")
-        return find_class(text, classes)
-    except ValueError as error:
-        raise usage_error(f"--target {text}: {error}") from None
-
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [0, 1] -> (H, W, 3) uint8, rounded to the nearest level."""
-    return (pixels.clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def png_reaches(model, prep, image: np.ndarray, target: int) -> bool:
-    """Whether the 8-bit image, as saved, still has ``target`` as top-1."""
-    pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0
-    with eval_mode(model), torch.no_grad():
-        logits = logits_of(model(prep.normalise(pixels.to(model_device(model)))))
-    return int(logits.argmax(1)[0]) == target
-
-
-def record_of(result: AttackResult, i: int) -> dict:
-    return {
-        "reached": bool(result.reached[i]),
-        "confidence": round(float(result.confidence[i]), 6),
-        "l2": round(float(result.l2[i]), 6),
-        "linf": round(float(result.linf[i]), 6),
-        "steps": int(result.steps[i]),
-    }
-
-
-def class_entry(index: int, classes: list[str] | None) -> dict:
-    return {"index": int(index), "name": classes[index] if classes else str(index)}
-
-
-def reduction(focused: float, plain: float) -> float | None:
-    """How much smaller the focused norm is, in % of the plain one (None if plain is 0)."""
-    return None if plain == 0 else round(100.0 * (1.0 - focused / plain), 3)
+    if args.method != "none":
+        parse_methods("--method", [args.method])
 
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     check_output_folder(args.out, args.paths)
-    model, prep, classes = open_model(args)
-    method = None
-    if args.method != "none":
-        method = build_method(args.method, model, classes, args.layer, args.scales)
-    target = parse_target(args.target, classes)
+    session = open_session(args)
+    method = method_of(session, args.method) if args.method != "none" else None
+    target = parse_class("--target", args.target, session)
     step_size = args.step_size if args.step_size is not None else DEFAULT_STEP_SIZE[args.norm]
     images, failures = gather_images(args.paths, args.out)
     inputs = {p.resolve() for p in images}
     jsonl = args.out / JSONL
     if jsonl.resolve() in inputs or (args.out / SUMMARY).resolve() in inputs:
         raise usage_error(f"--out {args.out}: {JSONL} would overwrite an input; choose another")
-    name = args.method
+    settings = {
+        "norm": args.norm,
+        "steps": args.steps,
+        "step_size": step_size,
+        "eps": args.eps,
+        "beta": args.beta,
+        "early_stop": args.early_stop,
+    }
     rows: list[dict] = []
-    progress = tqdm(
-        list(zip(images, output_stems(images), strict=True)),
-        desc="attack",
-        unit="image",
-        disable=len(images) < 2,
-        file=sys.stderr,
-    )
+    pairs = list(zip(images, output_stems(images), strict=True))
     with jsonl.open("w") as lines:
-        for path, stem in progress:
+        for path, stem in progress_bar(pairs, desc="attack", unit="image", disable=len(images) < 2):
             try:
-                row = attack_one(
-                    args, model, prep, classes, method, target, step_size, path, stem, inputs
-                )
+                row = attack_one(args, session, method, target, step_size, path, stem, inputs)
             except ImageError as error:
                 failures += 1
-                tqdm.write(f"error: {error}", file=sys.stderr)
+                note(f"error: {error}", error=True)
                 continue
             lines.write(json.dumps(row) + "\n")
             lines.flush()
             rows.append(row)
-            tqdm.write(describe(row), file=sys.stdout)
-    summary = summarise(rows, name, args, step_size)
+            note(describe(row))
+    summary = summarise_attacks(rows, method.name if method else None, settings)
     (args.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     for line in summary_lines(summary):
         print(line)
     return 1 if failures else 0
 
 
-def attack_one(
-    args, model, prep, classes, method, target, step_size, path: Path, stem: str, inputs: set
-) -> dict:
+def attack_one(args, session, method, target, step_size, path: Path, stem: str, inputs) -> dict:
     """Attack one image (plain and, with a method, focused); write its files; return its row."""
     name = args.method
     adversarial_png = args.out / f"{stem}_adversarial_{name}.png"
     picture_png = args.out / f"{stem}_perturbation_{name}.png"
     for output in (adversarial_png, picture_png):
-        if output.resolve() in inputs:
-            raise ImageError(f"{path}: output {output.name} would overwrite an input; use --out")
-    image = load_image(path)
-    x = prep(image)[None]
-    saliency = None
-    if method is not None:
-        explanation = method(x)
-        saliency = explanation.maps[0]
-        # One batch: row 0 is plain PGD (Psi = 1 everywhere makes the penalty exactly 0),
-        # row 1 the focused attack, so both get identical settings and one pass per step.
-        batch = x.expand(2, -1, -1, -1)
-        maps = torch.stack([torch.ones_like(saliency), saliency])
-    else:
-        batch, maps = x, None
-    bar = tqdm(total=args.steps, desc=f"  {path.name}", unit="step", leave=False, file=sys.stderr)
+        refuse_overwrite(output, inputs, path)
+    _, x = session.open(path)
+    saliency = method(x).maps[0] if method is not None else None
+    bar = progress_bar(total=args.steps, desc=f"  {path.name}", unit="step", leave=False)
     try:
-        result = pgd(
-            model,
-            batch,
+        result = plain_and_focused(
+            session.model,
+            x,
+            saliency,
+            beta=args.beta,
             target=target,
-            saliency=maps,
-            beta=args.beta if method is not None else 0.0,
             steps=args.steps,
             step_size=step_size,
             eps=args.eps,
             norm=args.norm,
-            prep=prep,
+            prep=session.prep,
             stop_when_reached=args.early_stop,
-            class_names=classes,
+            class_names=session.class_names,
             progress=lambda step, _running: bar.update(step - bar.n),
         )
     finally:
         bar.close()
-    row_index = 1 if method is not None else 0
+    row_index = len(result.reached) - 1  # the focused row, or the only (plain) one
     adversarial = to_uint8(result.pixels[row_index])
-    Image.fromarray(adversarial).save(adversarial_png)
-    chosen = result.targets[row_index]
-    record = record_of(result, row_index)
+    save_png(adversarial, adversarial_png)
+    chosen, original = result.targets[row_index], result.original[row_index]
+    outcomes = compare_outcomes(result)
     titles = {
-        "map": f"{name} map: {class_entry(result.original[0], classes)['name']}"[:40],
-        "image": f"input: {class_entry(result.original[0], classes)['name']}"[:40],
-        "adversarial": f"-> {class_entry(chosen, classes)['name'][:24]} "
-        f"({record['confidence']:.2f}){'' if record['reached'] else ' not reached'}",
+        "map": f"{name} map: {session.class_name(original)}"[:40],
+        "image": f"input: {session.class_name(original)}"[:40],
+        "adversarial": f"-> {session.class_name(chosen)[:24]} "
+        f"({outcomes['confidence']:.2f}){'' if outcomes['reached'] else ' not reached'}",
     }
     perturbations = []
     if method is not None:
         perturbations.append((name, result.perturbation[1]))
-        titles[name] = f"{name}-focused L2 {record['l2']:.2f}"
+        titles[name] = f"{name}-focused L2 {outcomes['l2']:.2f}"
     perturbations.append(("plain", result.perturbation[0]))
     titles["plain"] = f"plain L2 {float(result.l2[0]):.2f}"
-    clean = to_uint8(prep.denormalise(x[0]))
+    clean = session.pixels(x)
     perturbation_figure(clean, saliency, perturbations, adversarial, titles, picture_png)
-    row = {
+    return {
         "file": str(path),
         "method": name,
         "norm": args.norm,
@@ -284,19 +229,18 @@ def attack_one(
         "step_size": step_size,
         "eps": args.eps,
         "input_size": list(x.shape[2:]),
-        "original": class_entry(result.original[row_index], classes),
-        "target": class_entry(chosen, classes),
-        **record,
+        "original": {"index": original, "name": session.class_name(original)},
+        "target": {"index": chosen, "name": session.class_name(chosen)},
+        **outcomes,
         "png": adversarial_png.name,
-        "png_reached": png_reaches(model, prep, adversarial, chosen),
+        "png_reached": reaches_when_saved(session.model, session.prep, adversarial, chosen),
         "picture": picture_png.name,
     }
-    if method is not None:
-        plain = record_of(result, 0)
-        row["plain"] = plain
-        row["l2_reduction_percent"] = reduction(record["l2"], plain["l2"])
-        row["linf_reduction_percent"] = reduction(record["linf"], plain["linf"])
-    return row
+
+
+def levels(value: float) -> str:
+    """A Linf amount in [0, 1] pixel units, printed in 8-bit levels: 0.0078 -> "2.0/255"."""
+    return f"{value * 255:.1f}/255"
 
 
 def describe(row: dict) -> str:
@@ -304,59 +248,26 @@ def describe(row: dict) -> str:
     text = (
         f"{row['file']}: {row['original']['name']} -> {row['target']['name']} "
         f"({row['target']['index']}) {verdict}, confidence {row['confidence']:.3f}, "
-        f"L2 {row['l2']:.3f}, Linf {row['linf'] * 255:.1f}/255, {row['steps']} steps"
+        f"L2 {row['l2']:.3f}, Linf {levels(row['linf'])}, {row['steps']} steps"
     )
     if "plain" in row:
         plain = row["plain"]
         text += (
             f"; plain: {'reached' if plain['reached'] else 'NOT reached'}, "
-            f"L2 {plain['l2']:.3f}, Linf {plain['linf'] * 255:.1f}/255, {plain['steps']} steps"
+            f"L2 {plain['l2']:.3f}, Linf {levels(plain['linf'])}, {plain['steps']} steps"
         )
     return text
-
-
-def _mean(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return round(float(np.mean(kept)), 3) if kept else None
-
-
-def summarise(rows: list[dict], name: str, args: argparse.Namespace, step_size: float) -> dict:
-    """Fooling rates and mean norms of both attacks; norm reductions averaged per image."""
-    summary: dict = {
-        "images": len(rows),
-        "settings": {
-            "norm": args.norm,
-            "steps": args.steps,
-            "step_size": step_size,
-            "eps": args.eps,
-            "beta": args.beta,
-            "early_stop": args.early_stop,
-        },
-    }
-    if not rows:
-        return summary
-    attacks = {"plain": [r.get("plain", r) for r in rows]}
-    if name != "none":
-        attacks[name] = rows
-    for key, records in attacks.items():
-        summary[key] = {
-            "fooling_rate_percent": round(100.0 * np.mean([r["reached"] for r in records]), 3),
-            "mean_l2": _mean([r["l2"] for r in records]),
-            "mean_linf": _mean([r["linf"] for r in records]),
-        }
-    if name != "none":
-        summary["l2_reduction_percent"] = _mean([r["l2_reduction_percent"] for r in rows])
-        summary["linf_reduction_percent"] = _mean([r["linf_reduction_percent"] for r in rows])
-    return summary
 
 
 def summary_lines(summary: dict) -> list[str]:
     if not summary["images"]:
         return ["no image was attacked"]
     s = summary["settings"]
-    eps = "none" if s["eps"] is None else f"{s['eps']:.4g}"
+    linf = s["norm"] == "linf"
+    step = levels(s["step_size"]) if linf else f"{s['step_size']:.4g}"
+    eps = "none" if s["eps"] is None else (levels(s["eps"]) if linf else f"{s['eps']:.4g}")
     lines = [
-        f"summary over {summary['images']} images ({s['norm']} steps of {s['step_size']:.4g}, "
+        f"summary over {summary['images']} images ({s['norm']} steps of {step}, "
         f"at most {s['steps']}, eps {eps}, early stop {'on' if s['early_stop'] else 'off'}):"
     ]
     for key, values in summary.items():
@@ -364,7 +275,7 @@ def summary_lines(summary: dict) -> list[str]:
             label = "plain PGD" if key == "plain" else f"{key}-focused PGD (beta {s['beta']:g})"
             lines.append(
                 f"  {label}: fooling rate {values['fooling_rate_percent']:.1f} %, mean L2 "
-                f"{values['mean_l2']:.3f}, mean Linf {values['mean_linf'] * 255:.2f}/255"
+                f"{values['mean_l2']:.3f}, mean Linf {levels(values['mean_linf'])}"
             )
     if "l2_reduction_percent" in summary:
         lines.append(

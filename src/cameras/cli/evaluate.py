@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..datasets import AnnotationError, ClassResolver, load_class_map, read_annotations
 from ..evaluation import (
@@ -32,7 +32,17 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from .common import add_model_arguments, open_model, parse_scales, split_names, usage_error
+from .common import (
+    add_model_arguments,
+    add_out_argument,
+    note,
+    open_session,
+    parse_scales,
+    progress_bar,
+    require_extra,
+    split_names,
+    usage_error,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -54,7 +64,7 @@ def add_parser(subparsers) -> None:
         "--class-map",
         type=Path,
         help="JSON object mapping dataset labels (names or COCO ids) to model class "
-        "indices or names",
+        "indices or names (default: none)",
     )
     parser.add_argument(
         "--methods",
@@ -68,7 +78,11 @@ def add_parser(subparsers) -> None:
         default=list(METRICS),
         help=f"comma-separated subset of {','.join(METRICS)} (default: all)",
     )
-    parser.add_argument("--scales", type=parse_scales, help="CAMERAS sizes, e.g. 224,324,424")
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        help="CAMERAS sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
+    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -93,18 +107,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="image-loading processes (default: 2; 0: none)"
     )
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument(
-        "--out", type=Path, default=Path("cameras-eval"), help="default: %(default)s"
+        "--limit", type=int, help="evaluate only the first N records (default: all)"
     )
+    add_out_argument(parser)
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out, skipping finished images"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out, skipping finished images (default: start afresh)",
     )
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("scipy", "eval", "evaluate")
     if args.workers < 0:
         raise usage_error(f"--workers {args.workers}: must be 0 or more")
     if args.limit is not None and args.limit < 1:
@@ -122,15 +139,16 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise usage_error(str(error)) from None
-    model, prep, classes = open_model(args)
+    session = open_session(args)
+    model, prep, classes = session.model, session.prep, session.class_names
     try:
         class_map = load_class_map(args.class_map) if args.class_map else None
-        resolver = ClassResolver(classes, _num_classes(model, classes), class_map)
+        resolver = ClassResolver(classes, session.num_classes, class_map)
         annotations = read_annotations(args.data, args.images, resolver)
     except AnnotationError as error:
         raise usage_error(str(error)) from None
     try:
-        evaluator = Evaluator(model, prep, classes, settings)
+        evaluator = Evaluator(model, prep, classes, replace(settings, layer=session.layer))
     except ValueError as error:
         raise usage_error(str(error)) from None
     records = annotations.records[: args.limit] if args.limit else annotations.records
@@ -179,16 +197,16 @@ def _evaluate(records, prep, evaluator: Evaluator, store: ResultStore, workers: 
         collate_fn=collate_items,
     )
     failures = 0
-    progress = tqdm(total=len(records), desc="evaluate", unit="image", file=sys.stderr)
+    progress = progress_bar(total=len(records), desc="evaluate", unit="image")
     try:
         for (item,) in loader:
             name = item.record.file
             for problem in item.problems:
                 store.problem(f"{name}: {problem}")
-                tqdm.write(f"warning: {name}: {problem} (skipped)", file=sys.stderr)
+                note(f"warning: {name}: {problem} (skipped)", error=True)
             if item.error is not None:
                 store.problem(f"{item.error} (record skipped)")
-                tqdm.write(f"error: {item.error} (record skipped)", file=sys.stderr)
+                note(f"error: {item.error} (record skipped)", error=True)
             else:
                 store.add(item.record.key, evaluator([item]))
             failures += bool(item.problems) or item.error is not None
@@ -196,13 +214,6 @@ def _evaluate(records, prep, evaluator: Evaluator, store: ResultStore, workers: 
     finally:
         progress.close()
     return failures
-
-
-def _num_classes(model, classes) -> int | None:
-    if classes is not None:
-        return len(classes)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return linears[-1].out_features if linears else None
 
 
 def _path(args) -> str | None:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from ..images import ImageError, load_image, resize_map
-from ..viz import overlay
+from ..images import ImageError
+from ..session import top_classes
+from ..viz import save_map
 from .common import (
     add_model_arguments,
-    build_method,
+    add_out_argument,
+    check_output_folder,
     gather_images,
-    open_model,
+    method_of,
+    note,
+    open_session,
+    output_stems,
     parse_class,
+    parse_methods,
     parse_scales,
+    progress_bar,
+    refuse_overwrite,
     usage_error,
 )
 
@@ -28,86 +31,67 @@ def add_parser(subparsers) -> None:
         "explain",
         help="write a saliency map and overlay for each image",
         description="For each image write OUT/<stem>_<method>.png (overlay at the image's "
-        "size) and OUT/<stem>_<method>.npy (float32 map in [0, 1]) and print the top-5 classes.",
+        "size) and OUT/<stem>_<method>.npy (float32 map in [0, 1]) and print the top-5 "
+        "classes. With --class C the files are OUT/<stem>_<method>_class<C's index>.png "
+        "and .npy, so they never replace the top-1 map's.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument("--class", dest="target", help="class index or name (default: top-1)")
-    parser.add_argument("--method", default="cameras", help="cameras (default), gradcam, ...")
-    parser.add_argument("--scales", type=parse_scales, help="shorter-side sizes, e.g. 224,324,424")
     parser.add_argument(
-        "--out", type=Path, default=Path("cameras-out"), help="default: %(default)s"
+        "--class", dest="target", help="class index or name (default: each image's top-1)"
     )
+    parser.add_argument(
+        "--method", default="cameras", help="cameras, gradcam, ... (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        help="CAMERAS shorter-side sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
+    )
+    add_out_argument(parser)
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 
 
-def check_output_folder(out: Path, inputs: list[str]) -> None:
-    """Refuse an --out that is an input folder: outputs there could replace inputs."""
-    if out.exists() and not out.is_dir():
-        raise usage_error(f"--out {out}: exists and is not a folder")
-    resolved = out.resolve()
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir() and path.resolve() == resolved:
-            raise usage_error(f"--out {out}: is an input folder; choose another folder")
+def output_base(out: Path, stem: str, method: str, target: int | None) -> Path:
+    """OUT/<stem>_<method> for the top-1 map, OUT/<stem>_<method>_class<C> for class C."""
+    suffix = "" if target is None else f"_class{target}"
+    return out / f"{stem}_{method}{suffix}"
 
 
-def output_stems(images: list[Path]) -> list[str]:
-    """<stem> per image, with -2, -3, ... added when two inputs share a stem."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in images:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
-
-
-def format_top5(probabilities: torch.Tensor, classes: list[str] | None) -> str:
-    values, indices = probabilities.topk(min(5, probabilities.numel()))
-    parts = []
-    for p, i in zip(values.tolist(), indices.tolist(), strict=True):
-        name = classes[i] if classes else str(i)
-        parts.append(f"{name} ({i}) {p:.3f}")
-    return ", ".join(parts)
+def format_top5(pairs: list[tuple[int, float]], session) -> str:
+    return ", ".join(f"{session.class_label(i)} {p:.3f}" for i, p in pairs)
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise usage_error(f"--alpha {args.alpha}: must be between 0 and 1")
+    parse_methods("--method", [args.method])
     check_output_folder(args.out, args.paths)
-    model, prep, classes = open_model(args)
-    method = build_method(args.method, model, classes, args.layer, args.scales)
-    target = parse_class(args.target, method)
+    session = open_session(args)
+    method = method_of(session, args.method)
+    target = parse_class("--class", args.target, session)
     images, failures = gather_images(args.paths, args.out)
     inputs = {p.resolve() for p in images}
-    progress = tqdm(
-        list(zip(images, output_stems(images), strict=True)),
-        desc="explain",
-        unit="image",
-        disable=len(images) < 2,
-        file=sys.stderr,
-    )
-    for path, stem in progress:
+    pairs = list(zip(images, output_stems(images), strict=True))
+    for path, stem in progress_bar(pairs, desc="explain", unit="image", disable=len(images) < 2):
+        base = output_base(args.out, stem, method.name, target)
+        png, npy = base.with_suffix(".png"), base.with_suffix(".npy")
         try:
-            image = load_image(path)
-            result = method(prep(image)[None], targets=target)
-            saliency = resize_map(result.maps[0], image.height, image.width)
-            base = args.out / f"{stem}_{method.name}"
-            png, npy = base.with_suffix(".png"), base.with_suffix(".npy")
-            if png.resolve() in inputs or npy.resolve() in inputs:
-                raise ImageError(f"{path}: output {png.name} would overwrite an input; use --out")
-            overlay(image, saliency, args.cmap, args.alpha).save(png)
-            np.save(npy, saliency)
+            refuse_overwrite(png, inputs, path)
+            refuse_overwrite(npy, inputs, path)
+            image, x = session.open(path)
+            result = method(x, targets=target)
+            saliency = session.map_at_image_size(result, image)
+            save_map(image, saliency, png, npy, args.cmap, args.alpha)
         except ImageError as error:
             failures += 1
-            tqdm.write(f"error: {error}", file=sys.stderr)
+            note(f"error: {error}", error=True)
             continue
         chosen = result.targets[0]
-        name = classes[chosen] if classes else str(chosen)
         kept = [s.scale for s in result.scales[0] if s.kept]
-        tqdm.write(f"{path}: top-5: {format_top5(result.probabilities[0], classes)}")
-        tqdm.write(f"  {method.name} map for {name} ({chosen}), scales kept {kept} -> {png}")
+        top5 = top_classes(result.probabilities[0], 5)
+        note(f"{path}: top-5: {format_top5(top5, session)}")
+        note(f"  {method.name} map for {session.class_label(chosen)}, scales kept {kept} -> {png}")
     return 1 if failures else 0

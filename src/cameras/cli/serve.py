@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 
-from .common import add_model_arguments, open_model, usage_error
+from .common import add_model_arguments, open_session, usage_error
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument(
-        "--max-upload-mb", type=float, default=20, help="largest upload in MB (default: 20)"
+        "--max-upload-mb",
+        type=float,
+        default=20,
+        help="largest upload in MB (default: %(default)s)",
     )
     parser.add_argument(
         "--max-side", type=int, default=8000, help="largest photo side in pixels (default: 8000)"
@@ -71,20 +74,16 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise usage_error(f"the web page needs {error.name}: pip install 'cameras[web]'") from None
     _check_port(args.host, args.port)
-    model, prep, classes = open_model(args)
-    explainer = web.Explainer(model, prep, classes, layer=args.layer)
-    try:
-        explainer.method("cameras")  # find the layer now: a bad --layer is a usage error
-    except ValueError as error:
-        raise usage_error(f"--layer: {error}") from None
+    session = open_session(args)  # a bad --layer is a usage error here, before serving
     app = web.build_app(
-        explainer,
+        session,
         max_bytes=int(args.max_upload_mb * web.MEGABYTE),
         max_side=args.max_side,
         model_name=args.model,
     )
     if not _is_loopback(args.host):
         print(f"warning: --host {args.host} lets other machines reach this page", file=sys.stderr)
+    print(f"cameras serve: http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
     try:
         web.serve(app, args.host, args.port, block=True)
     except OSError as error:  # taken between the check above and now

@@ -1,5 +1,11 @@
 """Saliency methods: CAMERAS and the single-scale CAM baselines, all with one call signature."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
 from .base import Explanation, SaliencyMethod, ScaleRecord
 from .cameras import CAMERAS, default_scales
 from .gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -7,6 +13,29 @@ from .gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 METHODS: dict[str, type[SaliencyMethod]] = {
     cls.name: cls for cls in (CAMERAS, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM)
 }
+
+
+def check_method_names(names: Sequence[str]) -> list[str]:
+    """The names as a list, or ValueError naming the first one that is not in METHODS."""
+    for name in names:
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return list(names)
+
+
+def build_method(
+    name: str,
+    model: nn.Module,
+    layer: str | nn.Module | None = None,
+    scales: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> SaliencyMethod:
+    """The method ``name`` (a key of METHODS) for ``model``. ``scales`` applies to CAMERAS
+    only (the baselines run at the input's own size) and is ignored by the others."""
+    check_method_names([name])
+    extra = {"scales": scales} if name == CAMERAS.name else {}
+    return METHODS[name](model, layer=layer, class_names=class_names, **extra)
+
 
 __all__ = [
     "CAMERAS",
@@ -19,5 +48,7 @@ __all__ = [
     "SaliencyMethod",
     "ScaleRecord",
     "XGradCAM",
+    "build_method",
+    "check_method_names",
     "default_scales",
 ]

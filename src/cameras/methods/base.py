@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from ..capture import LayerCapture, LayerSpec, model_device, resolve_layer
+from ..classes import Targets, class_index, class_indices
 from ..fusion import normalise_maps
-
-Targets = None | int | str | Sequence[int | str] | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -106,35 +105,11 @@ class SaliencyMethod:
         raise NotImplementedError
 
     def class_index(self, target: int | str) -> int:
-        """A class index from an index or a class name (exact, case-insensitive)."""
-        if isinstance(target, bool):
-            raise TypeError("targets: a class must be an int or a name, not a bool")
-        if isinstance(target, int):
-            if target < 0 or (self.class_names is not None and target >= len(self.class_names)):
-                size = len(self.class_names) if self.class_names is not None else "?"
-                raise ValueError(f"class {target} is out of range: the model has {size} classes")
-            return target
-        if isinstance(target, str):
-            if self.class_names is None:
-                raise ValueError(
-                    f"class {target!r}: the model has no class names; pass an index or class_names="
-                )
-            from ..models import find_class
-
-            return find_class(target, self.class_names)
-        raise TypeError(f"targets: a class must be an int or a name, not {type(target).__name__}")
+        """A class index from an index or a class name (the rule in ``cameras.classes``)."""
+        return class_index(target, self.class_names)
 
     def _check_targets(self, targets: Targets, batch: int) -> torch.Tensor | None:
-        if targets is None:
-            return None
-        if isinstance(targets, torch.Tensor):
-            targets = targets.flatten().tolist() if targets.dim() else int(targets)
-        if isinstance(targets, int | str):
-            return torch.full((batch,), self.class_index(targets), dtype=torch.long)
-        targets = list(targets)
-        if len(targets) != batch:
-            raise ValueError(f"targets: got {len(targets)} classes for a batch of {batch} images")
-        return torch.tensor([self.class_index(t) for t in targets], dtype=torch.long)
+        return class_indices(targets, batch, self.class_names)
 
 
 def check_batch(x: torch.Tensor) -> torch.Tensor:

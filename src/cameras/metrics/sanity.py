@@ -283,99 +283,45 @@ def sanity_check(
 
 
 # --------------------------------------------------------------------------------------
-# Figures
+# Averages over images
 # --------------------------------------------------------------------------------------
 
 
-def _save_compact(figure, path, dpi: int) -> None:
-    """Save as a 256-colour PNG: maps drawn with a colour map lose nothing visible and
-    the file is several times smaller than matplotlib's RGBA output."""
-    import io
+def mean_similarities(
+    rows: Sequence[dict], methods: Sequence[str], steps: int
+) -> dict[str, dict[str, list[float]]]:
+    """measure -> method -> the mean over images of each step's similarity (steps 1..S).
 
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        image.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
-
-
-def sanity_figure(
-    result: SanityResult,
-    image: np.ndarray,
-    path,
-    index: int = 0,
-    title: str | None = None,
-    cmap: str = "jet",
-    dpi: int = 72,
-) -> None:
-    """Adebayo et al.'s Figure 1 layout: one row per method, one column per randomisation
-    step (the trained model's map first), the photo on the left.
-
-    image: (H, W, 3) uint8 at the maps' size; index: which image of the batch.
+    rows: ``SanityResult.rows`` of one or more images (keys method, step and each of
+    ``SIMILARITIES``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(result.maps)
-    columns = len(result.labels) + 1
-    height, width = image.shape[:2]
-    cell = 1.25
-    figure, axes = plt.subplots(
-        len(methods),
-        columns,
-        figsize=(cell * columns, cell * len(methods) * height / width + 0.9),
-        squeeze=False,
-    )
-    for row, method in enumerate(methods):
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if column == 0:
-                axis.imshow(image)
-                axis.set_ylabel(method, fontsize=9)
-            else:
-                axis.imshow(result.maps[method][column - 1, index], cmap=cmap, vmin=0, vmax=1)
-            if row == 0:
-                label = "image" if column == 0 else result.labels[column - 1]
-                axis.set_title(label.replace("+", "+\n"), fontsize=7, rotation=0)
-    mode = "cascading" if result.mode == "cascading" else "independent"
-    figure.suptitle(title or f"{mode} randomisation, from the logits down", fontsize=9)
-    figure.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
-    _save_compact(figure, path, dpi)
-    plt.close(figure)
+    out: dict[str, dict[str, list[float]]] = {}
+    for measure in SIMILARITIES:
+        out[measure] = {}
+        for method in methods:
+            out[measure][method] = [
+                float(
+                    np.mean([r[measure] for r in rows if r["method"] == method and r["step"] == k])
+                )
+                for k in range(1, steps + 1)
+            ]
+    return out
 
 
-def similarity_figure(
-    means: dict[str, dict[str, list[float]]], labels: Sequence[str], path, mode: str
-) -> None:
-    """Similarity to the trained model's map against the randomisation step, one panel
-    per measure, one line per method.
-
-    means: measure -> method -> mean similarity per step (labels[k] for step k + 1).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    measures = [m for m in SIMILARITIES if m in means]
-    figure, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.6), squeeze=False)
-    steps = np.arange(1, len(labels) + 1)
-    for axis, measure in zip(axes[0], measures, strict=True):
-        for method, values in means[measure].items():
-            axis.plot(steps, values, marker="o", markersize=3, label=method)
-        axis.axhline(0, color="grey", linewidth=0.8)
-        axis.set_title(measure.replace("_", " "), fontsize=10)
-        axis.set_xticks(steps, labels, rotation=70, fontsize=7)
-        axis.set_ylim(-0.3, 1.05)
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"similarity to the trained map ({mode})")
-    axes[0][-1].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+def similarity_markdown(
+    means: dict[str, dict[str, list[float]]], labels: Sequence[str], mode: str, images: int
+) -> str:
+    """Markdown: one table per measure, a row per step, a column per method."""
+    parts = [
+        f"Similarity to the trained model's map ({mode} randomisation, mean over "
+        f"{images} image{'s' if images != 1 else ''}; 1 = unchanged, 0 = unrelated):"
+    ]
+    for measure, per_method in means.items():
+        methods = list(per_method)
+        parts.append("")
+        parts.append(f"| {measure} | " + " | ".join(methods) + " |")
+        parts.append("|---|" + "---|" * len(methods))
+        for k, label in enumerate(labels):
+            cells = " | ".join(f"{per_method[m][k]:.3f}" for m in methods)
+            parts.append(f"| {k + 1}. {label} | {cells} |")
+    return "\n".join(parts)

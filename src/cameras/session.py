@@ -1,0 +1,185 @@
+"""``Session``: one model ready to explain, the object every entry point adapts.
+
+A session holds a model, its preprocessing and its class names, and builds each
+saliency method once, with the layer found once and shared by every method (so all of
+them explain the same features and the automatic layer probe runs a single time). The
+CLI subcommands and the web page only parse what the user typed, call a session, and
+print or draw what comes back::
+
+    session = cameras.Session.load()                  # the embedded default model
+    image, x = session.open("cat.jpg")                # PIL image, (1, 3, h, w) input
+    session.top_k(x)                                   # [(281, 0.62), (285, 0.21), ...]
+    result = session.explain(x, target="tabby")       # an Explanation, maps (1, h, w)
+    saliency = session.map_at_image_size(result, image)  # (H, W) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .capture import eval_mode, logits_of, model_device, resolve_layer
+from .classes import ClassLike, Targets, class_index, class_label
+from .images import load_image, resize_map
+from .methods import CAMERAS, Explanation, SaliencyMethod, build_method
+from .models import DEFAULT_MODEL, Preprocess, class_names_for, load_model
+
+
+class Session:
+    """A model, its preprocessing and class names, and its saliency methods built once.
+
+    model: a classifier returning (B, K) scores; prep: image -> (3, h, w) input (a
+    ``Preprocess``); class_names: in index order (None: taken from ``load_model``'s
+    record or a Hugging Face ``config.id2label``; names are then refused as classes).
+    layer: module name or None (found automatically, once, on first use).
+    scales: CAMERAS's shorter-side sizes (None: ``default_scales`` of each input).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prep: Preprocess,
+        class_names: Sequence[str] | None = None,
+        layer: str | None = None,
+        scales: Sequence[int] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self.prep = prep
+        if class_names is None:
+            class_names = class_names_for(model)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.scales = list(scales) if scales is not None else None
+        self._layer = layer
+        self._layer_resolved = False
+        self._methods: dict[tuple[str, tuple[int, ...] | None], SaliencyMethod] = {}
+        self._num_classes: int | None = len(self.class_names) if self.class_names else None
+
+    @classmethod
+    def load(
+        cls,
+        name: str = DEFAULT_MODEL,
+        weights: str | Path | None = None,
+        device: str | torch.device | None = None,
+        layer: str | None = None,
+        scales: Sequence[int] | None = None,
+    ) -> Session:
+        """A session over ``load_model(name, weights, device)`` (ModelError if it fails)."""
+        model, prep, classes = load_model(name, weights=weights, device=device)
+        return cls(model, prep, classes, layer=layer, scales=scales)
+
+    # ------------------------------------------------------------------ model facts
+
+    @property
+    def layer(self) -> str:
+        """The explained layer's module name, found once (ValueError for a bad name)."""
+        if not self._layer_resolved:
+            self._layer, _ = resolve_layer(self.model, self._layer)
+            self._layer_resolved = True
+        return self._layer
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the model scores (from the names, or one probe pass)."""
+        if self._num_classes is None:
+            size = getattr(self.prep, "size", 224)
+            with eval_mode(self.model), torch.no_grad():
+                probe = torch.zeros(1, 3, size, size, device=model_device(self.model))
+                self._num_classes = int(logits_of(self.model(probe)).shape[1])
+        return self._num_classes
+
+    def class_index(self, value: ClassLike) -> int:
+        """A class given as an index, digits or a name -> index (``cameras.classes``'s
+        rule, checked against this model's class count); ClassError otherwise."""
+        return class_index(value, self.class_names, self.num_classes)
+
+    def class_name(self, index: int) -> str:
+        """``"tabby"``, or ``"class 281"`` for a model without names."""
+        return self.class_names[index] if self.class_names else f"class {index}"
+
+    def class_label(self, index: int) -> str:
+        """``"tabby (281)"``, or ``"class 281"`` for a model without names."""
+        return class_label(index, self.class_names)
+
+    # ------------------------------------------------------------------ methods
+
+    def method(self, name: str = CAMERAS.name, scales: Sequence[int] | None = None):
+        """The method ``name`` (a key of ``METHODS``), built on first use and reused.
+
+        scales: CAMERAS only (default: the session's); the baselines ignore it.
+        ValueError for an unknown name or a bad layer.
+        """
+        if name == CAMERAS.name:
+            chosen = scales if scales is not None else self.scales
+            key = (name, tuple(int(s) for s in chosen) if chosen is not None else None)
+        else:
+            key, chosen = (name, None), None
+        if key not in self._methods:
+            self._methods[key] = build_method(
+                name, self.model, self.layer, chosen, self.class_names
+            )
+        return self._methods[key]
+
+    # ------------------------------------------------------------------ images
+
+    def open(self, path: str | Path) -> tuple[Image.Image, torch.Tensor]:
+        """(upright 8-bit RGB image, (1, 3, h, w) model input); ImageError naming the file."""
+        image = load_image(path)
+        return image, self.input(image)
+
+    def input(self, image: Image.Image) -> torch.Tensor:
+        """The (1, 3, h, w) model input of a PIL image (shorter side ``prep.size``)."""
+        return self.prep(image)[None]
+
+    def pixels(self, x: torch.Tensor) -> np.ndarray:
+        """(H, W, 3) uint8 picture of one (3, h, w) or (1, 3, h, w) model input."""
+        x = x[0] if x.dim() == 4 else x
+        values = self.prep.denormalise(x.detach().float().cpu()).clamp(0, 1)
+        return (values * 255.0).round().byte().permute(1, 2, 0).numpy()
+
+    # ------------------------------------------------------------------ the model's answers
+
+    def probabilities(self, x: torch.Tensor | Image.Image) -> torch.Tensor:
+        """(B, K) softmax of the model's scores for a batch (or one PIL image), on the CPU."""
+        if isinstance(x, Image.Image):
+            x = self.input(x)
+        with eval_mode(self.model), torch.no_grad():
+            scores = logits_of(self.model(x.to(model_device(self.model))))
+        return scores.float().softmax(1).cpu()
+
+    def top_k(self, x: torch.Tensor | Image.Image, k: int = 5) -> list[tuple[int, float]]:
+        """The first image's ``k`` most probable classes, (index, probability), best first."""
+        probabilities = self.probabilities(x)[0]
+        self._num_classes = probabilities.numel()
+        return top_classes(probabilities, k)
+
+    def explain(
+        self,
+        x: torch.Tensor | Image.Image,
+        method: str = CAMERAS.name,
+        target: Targets = None,
+        scales: Sequence[int] | None = None,
+    ) -> Explanation:
+        """Explain a (B, 3, h, w) batch or one PIL image with ``method`` for ``target``
+        (None: each image's top-1; an index or name; or one per image)."""
+        if isinstance(x, Image.Image):
+            x = self.input(x)
+        return self.method(method, scales)(x, targets=target)
+
+    @staticmethod
+    def map_at_image_size(result: Explanation, image: Image.Image, i: int = 0) -> np.ndarray:
+        """Image ``i``'s map at the photo's own size: (H, W) float32 in [0, 1], bilinear."""
+        return resize_map(result.maps[i], image.height, image.width)
+
+
+def top_classes(probabilities: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:
+    """The ``k`` most probable classes of one image's (K,) probabilities, as
+    (index, probability in [0, 1]), best first."""
+    values, indices = probabilities.float().topk(min(k, probabilities.numel()))
+    return list(zip(indices.tolist(), values.tolist(), strict=True))
