@@ -266,3 +266,48 @@ def test_cli_refuses_an_input_folder_as_output(tmp_path, coffee, capsys):
         main(["attack", str(tmp_path), "--eps", "1/0"])
     assert stop.value.code == 2
     assert "expected a number" in capsys.readouterr().err
+
+
+def test_plain_and_focused_share_settings_and_summaries_average_per_image():
+    from cameras.attack import compare_outcomes, plain_and_focused, summarise_attacks
+
+    model = linear_model(3)
+    x = torch.rand(1, 3, 4, 4)
+    saliency = torch.zeros(4, 4)
+    saliency[1:3, 1:3] = 1.0
+    both = plain_and_focused(model, x, saliency, beta=5.0, steps=4, stop_when_reached=False)
+    plain = pgd(model, x, steps=4, stop_when_reached=False)
+    focused = pgd(model, x, saliency=saliency, beta=5.0, steps=4, stop_when_reached=False)
+    torch.testing.assert_close(both.perturbation[0], plain.perturbation[0])
+    torch.testing.assert_close(both.perturbation[1], focused.perturbation[0])
+    row = compare_outcomes(both)
+    assert row["l2"] == pytest.approx(float(focused.l2[0]), abs=1e-6)
+    assert row["plain"]["l2"] == pytest.approx(float(plain.l2[0]), abs=1e-6)
+    expected = 100 * (1 - row["l2"] / row["plain"]["l2"])
+    assert row["l2_reduction_percent"] == pytest.approx(expected, abs=1e-3)
+    rows = [
+        {
+            "reached": True,
+            "l2": 1.0,
+            "linf": 0.1,
+            "l2_reduction_percent": 50.0,
+            "linf_reduction_percent": -10.0,
+            "plain": {"reached": True, "l2": 2.0, "linf": 0.05},
+        },
+        {
+            "reached": False,
+            "l2": 3.0,
+            "linf": 0.3,
+            "l2_reduction_percent": 25.0,
+            "linf_reduction_percent": None,
+            "plain": {"reached": True, "l2": 4.0, "linf": 0.1},
+        },
+    ]
+    summary = summarise_attacks(rows, "cameras", {"norm": "linf"})
+    assert summary["images"] == 2 and summary["settings"] == {"norm": "linf"}
+    assert summary["cameras"] == {"fooling_rate_percent": 50.0, "mean_l2": 2.0, "mean_linf": 0.2}
+    assert summary["plain"] == {"fooling_rate_percent": 100.0, "mean_l2": 3.0, "mean_linf": 0.075}
+    assert summary["l2_reduction_percent"] == 37.5
+    assert summary["linf_reduction_percent"] == -10.0  # an undefined reduction is left out
+    plain_only = summarise_attacks([r["plain"] for r in rows], None, {})
+    assert set(plain_only) == {"images", "settings", "plain"}

@@ -131,31 +131,3 @@ def test_default_model_matches_oracle_on_a_photo(lite0, chelsea):
     expected, target, kept = oracle_cameras(model, model.bn2, x, scales)
     assert result.layer == "bn2" and result.targets == [target]
     assert (result.maps[0] - expected).abs().max() <= TOL
-
-
-def test_fusion_by_column_blocks_equals_plain_upsampling(monkeypatch):
-    from cameras import fusion
-
-    torch.manual_seed(0)
-    acts = [torch.randn(2, 6, h, w) for h, w in [(3, 4), (5, 7), (6, 9)]]
-    grads = [torch.randn_like(a) for a in acts]
-    weights = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.0, 0.5]])
-    size = (13, 17)
-    mean = [
-        sum(
-            w * torch.nn.functional.interpolate(t, size=size, mode="bilinear")
-            for w, t in zip(ws, ts, strict=True)
-        )
-        for ws, ts in [
-            (weights.T[:, :, None, None, None], acts),
-            (weights.T[:, :, None, None, None], grads),
-        ]
-    ]
-    expected = torch.relu((mean[0] * mean[1]).sum(1))
-    monkeypatch.setitem(fusion._CHUNK_BYTES, "cpu", 4 * 600)  # forces blocks and chunks
-    got = fusion.fuse_scales(acts, grads, weights, size)
-    assert torch.allclose(got, expected, atol=1e-5)
-    tall = fusion.fuse_scales(
-        [a.transpose(2, 3) for a in acts], [g.transpose(2, 3) for g in grads], weights, (17, 13)
-    )
-    assert torch.allclose(tall, expected.transpose(1, 2), atol=1e-5)

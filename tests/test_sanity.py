@@ -190,3 +190,20 @@ def test_sanity_command(tmp_path, chelsea, capsys):
     assert (out / "sanity_similarity.png").exists()
     assert "| 1. classifier |" in captured.out
     assert (out / "sanity_summary.md").read_text().strip() == captured.out.strip()
+
+
+def test_mean_similarities_average_over_images_per_step():
+    from cameras.metrics.sanity import SIMILARITIES, mean_similarities, similarity_markdown
+
+    def row(image, method, step, value):
+        return {"image": image, "method": method, "step": step} | dict.fromkeys(SIMILARITIES, value)
+
+    rows = [row("a", "cameras", 1, 0.2), row("b", "cameras", 1, 0.4), row("a", "cameras", 2, 0.0)]
+    rows += [row("a", "gradcam", 1, 1.0), row("a", "gradcam", 2, 0.5)]
+    means = mean_similarities(rows, ["cameras", "gradcam"], 2)
+    assert list(means) == list(SIMILARITIES)
+    assert means["ssim"]["cameras"] == pytest.approx([0.3, 0.0])
+    assert means["ssim"]["gradcam"] == [1.0, 0.5]
+    table = similarity_markdown(means, ["classifier", "head"], "cascading", 2)
+    assert "mean over 2 images" in table
+    assert "| 1. classifier | 0.300 | 1.000 |" in table and "| 2. head | 0.000 | 0.500 |" in table
