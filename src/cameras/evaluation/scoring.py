@@ -16,7 +16,7 @@ from torch import nn
 
 from ..capture import model_device
 from ..images import resize_map
-from ..methods import METHODS, SaliencyMethod, build_method
+from ..methods import SaliencyMethod, build_method, check_method_names
 from ..metrics import (
     deletion,
     energy_pointing_game,
@@ -65,12 +65,9 @@ class EvalSettings:
     fill: str = "mean"
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(
-                f"methods: unknown {', '.join(unknown) or '(none given)'}; "
-                f"choose from {', '.join(METHODS)}"
-            )
+        if not self.methods:
+            raise ValueError("methods: give at least one method")
+        check_method_names(self.methods)
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(
