@@ -495,3 +495,20 @@ def test_serve_usage_errors_are_one_line(capsys):
         f"cameras serve: error: --port {port}: cannot listen on 127.0.0.1 "
         "(Address already in use)\n"
     )
+
+
+def test_serve_offers_no_share_link_and_prints_no_share_hint(monkeypatch):
+    """Gradio's banner suggests ``share=True``; the page never offers it, so it stays quiet."""
+    pytest.importorskip("gradio", reason="the web extra (gradio) is not installed")
+    seen = {}
+
+    class FakeApp:
+        cameras_max_bytes = 123
+
+        def launch(self, **options):
+            seen.update(options)
+
+    web.serve(FakeApp(), "127.0.0.1", 7861, block=False)
+    assert seen["share"] is False and seen["quiet"] is True
+    assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7861
+    assert seen["max_file_size"] == 123 and seen["prevent_thread_lock"] is True
