@@ -9,6 +9,7 @@ model families' own dynamic-size modes, and the model's state after success and 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_grad_cam as pgc
 import timm
@@ -408,3 +409,71 @@ def test_baselines_match_pytorch_grad_cam(method_cls, family, models):
     diff = (_minmax(ours.maps) - _minmax(theirs)).abs().max().item()
     print(f"{method_cls.name} {family}: max |diff| {diff:.1e}")
     assert diff <= TOLERANCE
+
+
+# --- loading transformers by name with local weights --------------------------------------
+
+
+def test_cli_explains_a_timm_vit_from_a_safetensors_file(tmp_path, capsys, chelsea):
+    from safetensors.torch import save_file
+
+    from cameras.cli import main
+
+    torch.manual_seed(5)
+    source = timm.create_model("vit_small_patch16_224", pretrained=False)
+    save_file(source.state_dict(), tmp_path / "vit_s.safetensors")
+    model, prep, classes = cameras.load_model(
+        "vit_small_patch16_224", weights=tmp_path / "vit_s.safetensors"
+    )
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert (prep.size, prep.mean.flatten().tolist()) == (224, [0.5, 0.5, 0.5])  # timm's config
+    image = chelsea.resize((150, 100))
+    image.save(tmp_path / "cat.png")
+    code = main(
+        [
+            "explain",
+            str(tmp_path / "cat.png"),
+            "--model",
+            "vit_small_patch16_224",
+            "--weights",
+            str(tmp_path / "vit_s.safetensors"),
+            "--scales",
+            "224,260",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    saliency = np.load(tmp_path / "out" / "cat_cameras.npy")
+    assert saliency.shape == (100, 150) and saliency.std() > 0.05
+    # The class explained is the model's top-1 for the file's weights.
+    with any_input_size(model), torch.no_grad():  # 224 x 336: not the size it was built for
+        top1 = int(model(prep(image)[None]).argmax())
+    assert f"cameras map for {classes[top1]} ({top1})" in capsys.readouterr().out
+
+
+def test_torchvision_transformer_with_a_state_dict_file(tmp_path):
+    torch.manual_seed(6)
+    source = torchvision.models.swin_t()
+    torch.save(source.state_dict(), tmp_path / "swin_t.pth")
+    model, prep, classes = cameras.load_model("swin_t", weights=tmp_path / "swin_t.pth")
+    assert torch.equal(model.head.weight, source.head.weight) and len(classes) == 1000
+    assert prep.size == 224  # from torchvision's weight metadata, no download
+    assert cameras.CAMERAS(model).layer_name == "norm"
+
+
+def test_transformer_download_error_says_how_to_pass_a_file(monkeypatch):
+    def offline(*_args, **_kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(cameras.ModelError, match=r"weights=PATH \(CLI: --weights FILE\)"):
+        cameras.load_model("vit_small_patch16_224")
+
+
+def test_bad_safetensors_file_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(cameras.ModelError, match="junk.safetensors is not a safetensors file"):
+        cameras.load_model("vit_small_patch16_224", weights=junk)
