@@ -66,3 +66,81 @@ def oracle_cameras(model, layer, image, scales, target=None, strict=None):
     else:
         saliency = torch.zeros_like(saliency)
     return saliency, target, kept
+
+
+def oracle_token_grid(output, prefix, grid_rule, scaled_size, patch):
+    """SPEC "Token models": a layer's output at one scale -> (C, h, w) grid, (1, C, h, w).
+
+    output: (1, N, C) tokens or (1, h, w, C) channel-last. grid_rule: "ceil" when the model
+    pads the input to whole patches, "floor" when it drops the remainder.
+    """
+    if output.dim() == 4:
+        return output.permute(0, 3, 1, 2)
+    height, width = scaled_size
+    round_ = math.ceil if grid_rule == "ceil" else math.floor
+    rows, cols = round_(height / patch), round_(width / patch)
+    patches = output[:, prefix:]
+    assert patches.shape[1] == rows * cols
+    return patches.reshape(1, rows, cols, output.shape[2]).permute(0, 3, 1, 2)
+
+
+def oracle_upsample_tokens(grid, out_size, scaled_size, patch):
+    """Token (i, j) covers pixels [i*p, (i+1)*p) of the scaled input: upsample the grid to the
+    extent it covers at the output's resolution, then crop to the output (or, when the model
+    dropped a remainder, hold the last token's value over the pixels no token covers)."""
+    height, width = out_size
+    rows, cols = grid.shape[2:]
+    if rows * patch == scaled_size[0] and cols * patch == scaled_size[1]:
+        return F.interpolate(grid, size=out_size, mode="bilinear", align_corners=False)
+    factor = (patch * height / scaled_size[0], patch * width / scaled_size[1])
+    up = F.interpolate(
+        grid,
+        scale_factor=factor,
+        mode="bilinear",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )
+    up = up[:, :, :height, :width]
+    short_h, short_w = height - up.shape[2], width - up.shape[3]
+    return F.pad(up, (0, short_w, 0, short_h), mode="replicate")
+
+
+def oracle_token_cameras(
+    model, layer, image, scales, patch, prefix=0, grid_rule="ceil", target=None, strict=None
+):
+    """CAMERAS for one image (1, 3, H, W) of a token model; the model must already accept
+    every scale. -> ((H, W) map in [0, 1], target, kept scales)."""
+    height, width = image.shape[-2:]
+    if strict is None:
+        strict = target is None
+    up_acts, up_grads, kept = [], [], []
+    for scale in scales:
+        scaled = oracle_resize(image, scale).detach().requires_grad_(True)
+        store = {}
+
+        def hook(_module, _inputs, output, store=store):
+            store["a"] = output
+            return output.clone()
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            logits = model(scaled)
+        finally:
+            handle.remove()
+        logits = getattr(logits, "logits", logits)
+        if target is None:
+            target = int(logits[0].argmax())
+        (grad,) = torch.autograd.grad(logits[0, target], store["a"])
+        if strict and int(logits[0].argmax()) != target:
+            continue
+        kept.append(scale)
+        size = tuple(scaled.shape[-2:])
+        act = oracle_token_grid(store["a"].detach(), prefix, grid_rule, size, patch)
+        grad = oracle_token_grid(grad, prefix, grid_rule, size, patch)
+        up_acts.append(oracle_upsample_tokens(act, (height, width), size, patch))
+        up_grads.append(oracle_upsample_tokens(grad, (height, width), size, patch))
+    saliency = torch.relu((torch.stack(up_acts).mean(0) * torch.stack(up_grads).mean(0)).sum(1))[0]
+    low, high = saliency.min(), saliency.max()
+    if high > low:
+        return (saliency - low) / (high - low), target, kept
+    return torch.zeros_like(saliency), target, kept

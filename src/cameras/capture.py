@@ -9,6 +9,9 @@ Speed and memory come from one trick (see ``LayerCapture``): the forward pass ru
 under ``torch.no_grad()`` up to the layer, so no autograd graph is kept for the
 expensive part of the network; the hook then switches gradients on and hands the
 rest of the network a fresh leaf tensor, so the backward pass stops at the layer.
+
+Token models (ViT, DeiT, EVA, Swin; see ``tokens.py``) are run at any input size for
+the duration of the block, and their tokens are laid on each scale's patch grid.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from .classes import check_indices
+from .tokens import TokenFamily, token_family
 
 LayerSpec = str | nn.Module | None
 
@@ -102,13 +106,21 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
 
 
 def auto_layer_name(model: nn.Module) -> str:
-    """The last module, in execution order, whose 4-D output grows with the input size.
+    """The layer explained when none is given.
 
+    Token models (see ``tokens.token_family``): a layer whose patch tokens receive a
+    gradient from the class score: for a class-token ViT the last block's pre-attention
+    norm, for an average-pooled ViT the last block, for Swin the final norm.
+
+    CNNs: the last module, in execution order, whose 4-D output grows with the input size.
     This is the last spatial feature map before global pooling: ResNet ``layer4``,
     DenseNet ``features``, VGG ``features`` (its adaptive pool is skipped because its
     size is fixed), timm EfficientNet ``bn2``. Modules that run more than once per
     forward pass (a shared ReLU) are skipped: their output is ambiguous.
     """
+    family = token_family(model)
+    if family is not None:
+        return family.auto_layer()
     device = model_device(model)
     small, _, _ = _probe_spatial_outputs(model, _PROBE_SIZES[0], device)
     large, counts, order = _probe_spatial_outputs(model, _PROBE_SIZES[1], device)
@@ -157,6 +169,10 @@ class ScaleCapture:
     logits: torch.Tensor  # (B, K), detached
     activations: torch.Tensor  # (B, C, h, w), detached
     gradients: torch.Tensor  # (B, C, h, w): d logit_target / d activations
+    # The fraction of the input's (height, width) the grid spans, when that is not exactly
+    # the input: a token grid padded to whole patches (> 1) or one that dropped a remainder
+    # (< 1). See fusion.interpolation_matrix.
+    covered: tuple[float, float] | None = None
 
 
 class LayerCapture:
@@ -166,6 +182,9 @@ class LayerCapture:
     that stops at the layer. ``targets`` may be a (B,) tensor of class indices or a
     callable ``(logits) -> targets``, evaluated once the scores are known (used to take
     the top-1 class of the first scale).
+
+    Token models (``tokens.token_family``) accept any input size inside the block, and
+    their tokens come out as (B, C, h, w) grids unless ``reshape_transform`` is given.
     """
 
     def __init__(
@@ -177,13 +196,18 @@ class LayerCapture:
         self.model = model
         self.layer_name, self.layer = resolve_layer(model, layer)
         self.reshape_transform = reshape_transform
+        self.family: TokenFamily | None = token_family(model)
         self._leaves: list[torch.Tensor] = []
+        self._sizes_run: list[tuple[int, int]] = []
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> LayerCapture:
         stack = contextlib.ExitStack()
+        self._sizes_run = []
         try:
             stack.enter_context(eval_mode(self.model))
+            if self.family is not None:
+                stack.enter_context(self.family.accept_any_size())
             handle = self.layer.register_forward_hook(self._hook)
             stack.callback(handle.remove)
         except BaseException:
@@ -227,7 +251,7 @@ class LayerCapture:
             raise RuntimeError("LayerCapture.run must be called inside its with-block")
         self._leaves.clear()
         with torch.no_grad():
-            output = self.model(x)
+            output = self._forward(x)
         leaves, self._leaves = self._leaves, []
         if len(leaves) != 1:
             raise RuntimeError(
@@ -248,13 +272,38 @@ class LayerCapture:
         score = logits.gather(1, targets[:, None]).sum()
         (gradients,) = torch.autograd.grad(score, leaf)
         activations = leaf.detach()
+        covered = None
         if self.reshape_transform is not None:
             activations = self.reshape_transform(activations)
             gradients = self.reshape_transform(gradients)
+        elif self.family is not None:
+            size = (x.shape[2], x.shape[3])
+            activations, covered = self.family.to_grid(activations, size, self.layer_name)
+            gradients, _ = self.family.to_grid(gradients, size, self.layer_name)
         if activations.dim() != 4:
             raise ValueError(
                 f"layer {self.layer_name!r} gives a {tuple(activations.shape)} output; a "
                 "saliency map needs (B, C, h, w): pick a convolutional layer or pass "
                 "reshape_transform"
             )
-        return ScaleCapture(logits.detach(), activations, gradients.detach()), targets
+        capture = ScaleCapture(logits.detach(), activations, gradients.detach(), covered)
+        return capture, targets
+
+    def _forward(self, x: torch.Tensor) -> object:
+        """The model's output for ``x``; a model that cannot run at this input size (a
+        fixed-size model we cannot adapt, say) gives a ValueError naming the sizes it took."""
+        size = (int(x.shape[2]), int(x.shape[3]))
+        try:
+            output = self.model(x)
+        except (RuntimeError, AssertionError, ValueError) as error:
+            if not self._sizes_run or size in self._sizes_run:
+                raise
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            ran = ", ".join(f"{h}x{w}" for h, w in self._sizes_run)
+            raise ValueError(
+                f"the model cannot run at input size {size[0]}x{size[1]} ({reason}); it ran at "
+                f"{ran}: pass scales= that it accepts"
+            ) from error
+        if size not in self._sizes_run:
+            self._sizes_run.append(size)
+        return output

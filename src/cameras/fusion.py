@@ -39,9 +39,48 @@ def _interpolation_matrix_cpu(n_in: int, n_out: int) -> torch.Tensor:
     return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
 
 
-def interpolation_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """(n_out, n_in) matrix M with ``M @ v`` = 1-D bilinear resize of v (align_corners=False)."""
-    return _interpolation_matrix_cpu(n_in, n_out).to(device)
+@functools.lru_cache(maxsize=256)
+def _covering_matrix_cpu(n_in: int, n_out: int, covered: float) -> torch.Tensor:
+    # The grid spans ``covered * n_out`` output pixels: bilinear (align_corners=False) onto
+    # that extent, then the first n_out pixels. Source position of output pixel i, in grid
+    # cells: (i + 0.5) * ratio - 0.5, clamped to the grid's first and last cell.
+    ratio = n_in / (covered * n_out)
+    source = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * ratio - 0.5).clamp(0, n_in - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=n_in - 1)
+    weight_high = source - low
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    matrix.index_put_((rows, low), 1 - weight_high, accumulate=True)
+    matrix.index_put_((rows, high), weight_high, accumulate=True)
+    return matrix.float()
+
+
+def interpolation_matrix(
+    n_in: int, n_out: int, device: torch.device, covered: float | None = None
+) -> torch.Tensor:
+    """(n_out, n_in) matrix M with ``M @ v`` = 1-D bilinear resize of v (align_corners=False).
+
+    covered: the part of the output that the n_in cells span (a token grid padded to whole
+    patches spans more than the input, > 1; one that drops a remainder spans less, < 1).
+    The grid is resized to that extent and cut to n_out pixels; pixels past the grid's
+    last cell take its value. None (or 1) is the plain resize.
+    """
+    if covered is None or covered == 1:
+        return _interpolation_matrix_cpu(n_in, n_out).to(device)
+    return _covering_matrix_cpu(n_in, n_out, float(covered)).to(device)
+
+
+def resize_grid(
+    maps: torch.Tensor, size: tuple[int, int], covered: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """Bilinear resize of (B, h, w) maps to ``size`` (H, W); ``covered`` as for
+    ``interpolation_matrix``, per axis (None: the grid spans the output exactly)."""
+    if covered is None:
+        return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    rows = interpolation_matrix(maps.shape[1], size[0], maps.device, covered[0])
+    cols = interpolation_matrix(maps.shape[2], size[1], maps.device, covered[1])
+    return rows @ maps.to(rows.dtype) @ cols.T
 
 
 def fuse_scales(
@@ -49,22 +88,39 @@ def fuse_scales(
     gradients: list[torch.Tensor],
     weights: torch.Tensor,
     size: tuple[int, int],
+    covered: list[tuple[float, float] | None] | None = None,
 ) -> torch.Tensor:
     """``ReLU(sum_c A_bar * G_bar)`` at ``size``, with weighted means over scales.
 
     activations, gradients: one (B, C, h_t, w_t) tensor per scale t (sizes may differ).
     weights: (B, T), the weight of scale t for image b (1 / n_kept, or 0 if dropped).
+    covered: per scale, the fraction of the input's height and width that the grid spans
+        (token grids padded to whole patches, see ``interpolation_matrix``); None entries,
+        or None for all, mean the grid spans the input exactly.
     Returns (B, H, W) float32, not normalised.
     """
     height, width = size
+    covered = list(covered) if covered is not None else [None] * len(activations)
     if width < height:
         # The work grows with W * S^2: sum over the shorter side's source rows.
         swapped = [a.transpose(2, 3) for a in activations], [g.transpose(2, 3) for g in gradients]
-        return fuse_scales(*swapped, weights, (width, height)).transpose(1, 2)
+        flipped = [c[::-1] if c is not None else None for c in covered]
+        return fuse_scales(*swapped, weights, (width, height), flipped).transpose(1, 2)
     batch, channels = activations[0].shape[:2]
     device = activations[0].device
-    rows = torch.cat([interpolation_matrix(a.shape[2], height, device) for a in activations], 1)
-    cols = [interpolation_matrix(a.shape[3], width, device) for a in activations]
+    row_cover = [c[0] if c is not None else None for c in covered]
+    col_cover = [c[1] if c is not None else None for c in covered]
+    rows = torch.cat(
+        [
+            interpolation_matrix(a.shape[2], height, device, c)
+            for a, c in zip(activations, row_cover, strict=True)
+        ],
+        1,
+    )
+    cols = [
+        interpolation_matrix(a.shape[3], width, device, c)
+        for a, c in zip(activations, col_cover, strict=True)
+    ]
     stacked_rows = rows.shape[1]
     budget = _CHUNK_BYTES.get(device.type, _CHUNK_BYTES["cuda"]) // 4  # in floats
     # Z grows with W * S^2, so large maps are done a block of columns at a time (no work

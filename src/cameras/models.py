@@ -104,8 +104,14 @@ def load_model(
 
     name: ``efficientnet_lite0`` (default, weights ship with the package), ``_lite1``,
         ``_lite2``, a torchvision model name (``resnet50``) or a timm name.
-    weights: a local state dict file to load instead of downloading pretrained weights.
+    weights: a local state dict file (``torch.save``) or a safetensors file to load instead
+        of downloading pretrained weights; for transformers too (``vit_small_patch16_224``,
+        torchvision's ``vit_b_16``, ``swin_t``).
     pretrained: False builds the architecture with random weights (tests, sanity checks).
+
+    The preprocessing follows the model's own configuration: timm's ``pretrained_cfg``
+    (input size, mean, std), torchvision's weight metadata (crop size, mean, std) or, for
+    a torchvision ViT, the input size it was built for.
     """
     if name in _LITE:
         model, prep = _load_lite(name, weights, pretrained)
@@ -129,6 +135,14 @@ def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise ModelError(f"weights file {path} is not a safetensors file ({error})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
@@ -181,7 +195,7 @@ def _load_named(name: str, weights, pretrained: bool) -> tuple[nn.Module, Prepro
             model = torchvision.models.get_model(name, weights="DEFAULT" if use_download else None)
         except Exception as error:  # noqa: BLE001 - network and cache errors vary by platform
             raise _download_error(name, error) from None
-        prep = Preprocess(224, _IMAGENET_MEAN, _IMAGENET_STD)
+        prep = _torchvision_preprocess(name, model)
     elif timm.is_model(name):
         use_download = pretrained and weights is None
         try:
@@ -198,6 +212,24 @@ def _load_named(name: str, weights, pretrained: bool) -> tuple[nn.Module, Prepro
     if weights is not None:
         _load_into(model, _load_state_dict(weights), str(weights))
     return model, prep
+
+
+def _torchvision_preprocess(name: str, model: nn.Module) -> Preprocess:
+    """Size, mean and std from the weights' metadata (it ships with torchvision, no
+    download); a ViT built for another input size (``image_size``) uses that size."""
+    import torchvision
+
+    size, mean, std = 224, _IMAGENET_MEAN, _IMAGENET_STD
+    try:
+        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        size = int(transforms.crop_size[0])
+        mean, std = tuple(transforms.mean), tuple(transforms.std)
+    except (ValueError, AttributeError, KeyError, TypeError):
+        pass  # a model without registered weights: ImageNet's defaults
+    image_size = getattr(model, "image_size", None)
+    if isinstance(image_size, int):
+        size = image_size
+    return Preprocess(size, mean, std)
 
 
 def _download_error(name: str, error: Exception) -> ModelError:

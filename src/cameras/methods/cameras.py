@@ -80,7 +80,7 @@ class CAMERAS(SaliencyMethod):
     def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
         height, width = x.shape[2:]
         strict = (targets is None) if self.strict is None else self.strict
-        activations, gradients, kept, records = [], [], [], []
+        activations, gradients, covered, kept, records = [], [], [], [], []
         probabilities = None
         wanted: torch.Tensor | Callable = top1_of if targets is None else targets
         for scale in self.scales_for(height, width):
@@ -94,11 +94,12 @@ class CAMERAS(SaliencyMethod):
                 keep = torch.ones_like(wanted, dtype=torch.bool)
             activations.append(step.activations)
             gradients.append(step.gradients)
+            covered.append(getattr(step, "covered", None))  # token grids padded to whole patches
             kept.append(keep)
             records.append(scale_records(step.logits, scale, tuple(scaled.shape[2:]), keep))
         kept_mask = torch.stack(kept, 1).float()  # (B, T)
         # An image with no kept scale (strict rule, class never top-1) gets an all-zero map.
         weights = kept_mask / kept_mask.sum(1, keepdim=True).clamp(min=1)
-        maps = fuse_scales(activations, gradients, weights, (height, width))
+        maps = fuse_scales(activations, gradients, weights, (height, width), covered)
         per_image: list[list[ScaleRecord]] = [list(r) for r in zip(*records, strict=True)]
         return maps, wanted, per_image, probabilities

@@ -9,9 +9,9 @@ tests check against.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..capture import LayerCapture
+from ..fusion import resize_grid
 from .base import SaliencyMethod, scale_records, top1_of
 
 
@@ -23,10 +23,11 @@ class _SingleScaleCAM(SaliencyMethod):
     def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
         step, used = capture.run(x, top1_of if targets is None else targets)
         low = self.layer_map(step.activations, step.gradients).clamp(min=0)
-        maps = F.interpolate(low[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)
+        # A token grid padded to whole patches spans more than the input (fusion.resize_grid).
+        maps = resize_grid(low, tuple(x.shape[2:]), getattr(step, "covered", None))
         keep = torch.ones_like(used, dtype=torch.bool)
         records = scale_records(step.logits, min(x.shape[2:]), tuple(x.shape[2:]), keep)
-        return maps[:, 0], used, [[r] for r in records], torch.softmax(step.logits.float(), 1)
+        return maps, used, [[r] for r in records], torch.softmax(step.logits.float(), 1)
 
 
 def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""CAMERAS on a vision transformer against its no-grad forward floor, side by side.
+
+    .venv/bin/python benchmarks/transformer_speed.py [--device cpu|cuda] [--rounds 2]
+
+ViT-S/16 from timm (random weights: speed does not depend on them), one 224 x 224 input,
+the 8 default scales 224..924 (14 x 14 up to 58 x 58 patches). Two variants, each in its
+own fresh process so that peak memory is its own:
+  floor    one plain torch.no_grad() forward pass per scale (the resize included), the
+           model made to accept each size the same way CAMERAS does: any exact CAMERAS
+           must run at least this;
+  cameras  this library: cameras.CAMERAS(model)(x), automatic layer (the last block's
+           pre-attention norm): forward without a graph up to it, forward and backward
+           through the last block and the head, fusion at 224 x 224.
+Rounds alternate between the variants so that machine noise hits both alike; each
+variant's time is its best round. Prints the ratio cameras / floor (target <= 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import timm
+import torch
+
+from cameras.methods.cameras import default_scales, resize_to_scale
+from cameras.tokens import any_input_size
+
+SIZE = 224
+SCALES = default_scales(SIZE)
+
+
+def _model_and_input(device: str):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False).eval().to(device)
+    return model, torch.randn(1, 3, SIZE, SIZE, device=device)
+
+
+def floor(model, x):
+    with any_input_size(model), torch.no_grad():
+        for scale in SCALES:
+            model(resize_to_scale(x, scale))
+
+
+def child(variant: str, device: str, repeats: int) -> None:
+    import cameras
+
+    model, x = _model_and_input(device)
+    if variant == "cameras":
+        method = cameras.CAMERAS(model)
+
+        def job():
+            return method(x)
+    else:
+
+        def job():
+            return floor(model, x)
+
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        job()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"time": min(times[1:] or times), "rss_mib": rss, "gpu_mib": gpu_peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--rounds", type=int, default=2, help="processes per variant")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per process (first is warm-up)"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.device, args.repeats)
+        return
+    variants = ["floor", "cameras"]
+    best: dict[str, dict] = {}
+    for round_index in range(args.rounds):
+        for variant in variants:
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--device",
+                args.device,
+                "--repeats",
+                str(args.repeats),
+            ]
+            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            result = json.loads(line.strip().splitlines()[-1])
+            print(f"round {round_index + 1} {variant:8s} {result}", file=sys.stderr)
+            kept = best.setdefault(variant, result)
+            kept["time"] = min(kept["time"], result["time"])
+            kept["rss_mib"] = max(kept["rss_mib"], result["rss_mib"])
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"ViT-S/16, {SIZE}x{SIZE} input, scales {SCALES[0]}..{SCALES[-1]} ({len(SCALES)}), "
+        f"{device_name}"
+    )
+    print(
+        f"{'variant':10s} {'time s':>8s} {'peak RSS MiB':>13s}"
+        + ("  peak GPU MiB" if args.device == "cuda" else "")
+    )
+    for variant in variants:
+        r = best[variant]
+        gpu = f"  {r['gpu_mib']:12.0f}" if r["gpu_mib"] is not None else ""
+        print(f"{variant:10s} {r['time']:8.3f} {r['rss_mib']:13.0f}{gpu}")
+    print(f"cameras / floor: {best['cameras']['time'] / best['floor']['time']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
