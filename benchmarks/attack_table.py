@@ -22,27 +22,12 @@ import torch
 from PIL import Image
 
 import cameras
+from photo_sets import bundled_photos
 from cameras.attack import DEFAULT_BETA, DEFAULT_NORM, DEFAULT_STEPS, NORMS, pgd
 
 PAPER_REDUCTION = 56.5
 
 
-def bundled_photos() -> dict[str, Image.Image]:
-    """The seven photos that ship with scikit-image, scikit-learn and matplotlib."""
-    import matplotlib.cbook
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    photos = {name: Image.fromarray(getattr(data, name)()) for name in _SKIMAGE}
-    samples = load_sample_images()
-    for filename, pixels in zip(samples.filenames, samples.images, strict=True):
-        photos[os.path.splitext(os.path.basename(filename))[0]] = Image.fromarray(pixels)
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as file:
-        photos["grace_hopper"] = Image.open(file).convert("RGB")
-    return photos
-
-
-_SKIMAGE = ("chelsea", "coffee", "astronaut", "rocket")
 VARIANTS = ("plain", "cameras", "gradcam")
 
 

@@ -131,6 +131,8 @@ def pgd(
     stop_when_reached: bool = True,
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop_at_zero: bool = False,
+    beta_patience: int | None = None,
 ) -> AttackResult:
     """Targeted PGD on a batch, optionally focused by a saliency map.
 
@@ -204,6 +206,7 @@ def pgd(
         final_logits = clean_logits.clone()
         taken = torch.zeros(batch, dtype=torch.long, device=device)
         active = torch.ones(batch, dtype=torch.bool, device=device)
+        betas = torch.full((batch,), float(beta), device=device)
         for step in range(steps + 1):
             index = active.nonzero().flatten()
             if index.numel() == 0:
@@ -222,15 +225,23 @@ def pgd(
             loss = F.cross_entropy(logits, targets[index], reduction="sum")
             if keep is not None:
                 outside = (delta * keep[index]).flatten(1)
-                loss = loss + beta * (outside.square().sum(1) + _NORM_FLOOR).sqrt().sum()
+                norms = (outside.square().sum(1) + _NORM_FLOOR).sqrt()
+                loss = loss + (betas[index] * norms).sum()
             (gradient,) = torch.autograd.grad(loss, delta)
             moving = active[index]  # images frozen at this step keep their perturbation
             rows = index[moving]
-            updated = _step(delta.detach()[moving], gradient[moving], step_size, eps, norm)
+            updated = _step(
+                delta.detach()[moving], gradient[moving], step_size, eps, norm, stop_at_zero
+            )
             # Clip in pixel space: the adversarial image must be a valid image.
             updated = (clean[rows] + updated).clamp(low, high) - clean[rows]
             perturbation[rows] = updated
             taken[rows] += 1
+            if beta_patience is not None:
+                # Images still short of their target after each ``beta_patience`` steps
+                # halve their penalty: the attack tends to plain PGD, which always gets there.
+                halve = taken[rows] % beta_patience == 0
+                betas[rows[halve]] *= 0.5
             if progress is not None:
                 progress(step + 1, int(rows.numel()))
 
@@ -257,12 +268,21 @@ def pgd(
 
 
 def _step(
-    delta: torch.Tensor, gradient: torch.Tensor, size: float, eps: float | None, norm: str
+    delta: torch.Tensor,
+    gradient: torch.Tensor,
+    size: float,
+    eps: float | None,
+    norm: str,
+    stop_at_zero: bool = False,
 ) -> torch.Tensor:
     """One descent step on (n, 3, H, W) perturbations, then the projection onto the eps ball."""
     if norm == "linf":
-        delta = delta - size * gradient.sign()
-        return delta if eps is None else delta.clamp(-eps, eps)
+        stepped = delta - size * gradient.sign()
+        if stop_at_zero:
+            # A value whose step crosses zero stops at zero.
+            crossed = (stepped * delta) < 0
+            stepped = torch.where(crossed, torch.zeros_like(stepped), stepped)
+        return stepped if eps is None else stepped.clamp(-eps, eps)
     length = gradient.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
     delta = delta - size * gradient / length
     if eps is not None:

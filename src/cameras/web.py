@@ -133,6 +133,7 @@ class MapResult:
     target: int
     target_name: str
     scales_kept: list[int]
+    warning: str | None = None  # fewer than half of the scales counted
 
 
 class Explainer:
@@ -201,7 +202,16 @@ class Explainer:
             saliency = resize_map(explanation.maps[0], image.height, image.width)
             kept = [s.scale for s in explanation.scales[0] if s.kept]
             chosen = explanation.targets[0]
-            results.append(MapResult(name, saliency, chosen, self.class_name(chosen), kept))
+            results.append(
+                MapResult(
+                    name,
+                    saliency,
+                    chosen,
+                    self.class_name(chosen),
+                    kept,
+                    explanation.scale_warnings[0],
+                )
+            )
         return results
 
 
@@ -407,6 +417,9 @@ def build_app(
             kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
             note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
             message = f"Explained **{results[0].target_name}** ({index}){note}."
+            warning = next((r.warning for r in results if r.warning), None)
+            if warning:
+                message += f" Warning: {warning.replace('(--class)', '(pick it above)')}"
             done = {
                 "results": results,
                 "image": state["image"],

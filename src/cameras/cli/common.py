@@ -70,10 +70,23 @@ def open_model(args: argparse.Namespace):
         raise usage_error(f"--model {args.model}: {error}") from None
 
 
-def build_method(name: str, model, classes, layer: str | None, scales=None) -> SaliencyMethod:
+def add_rule_argument(parser: argparse.ArgumentParser) -> None:
+    from ..methods.cameras import DEFAULT_RULE, SCALE_RULES
+
+    parser.add_argument(
+        "--rule",
+        choices=SCALE_RULES,
+        help=f"which scales count for CAMERAS: top1 (the paper's), top5, all (default: "
+        f"{DEFAULT_RULE} without --class, all with it)",
+    )
+
+
+def build_method(
+    name: str, model, classes, layer: str | None, scales=None, rule: str | None = None
+) -> SaliencyMethod:
     if name not in METHODS:
         raise usage_error(f"--method {name!r}: choose from {', '.join(METHODS)}")
-    kwargs = {"scales": scales} if name == "cameras" else {}
+    kwargs = {"scales": scales, "rule": rule} if name == "cameras" else {}
     try:
         return METHODS[name](model, layer=layer, class_names=classes, **kwargs)
     except ValueError as error:

@@ -19,7 +19,7 @@ from ..images import ImageError, load_image
 from ..methods import METHODS, SaliencyMethod
 from ..models import DEFAULT_MODEL, ModelError, load_model
 from ..viz import Panel, comparison_figure, difference_map, save_figure
-from .common import build_method, parse_scales, pick_device, usage_error
+from .common import add_rule_argument, build_method, parse_scales, pick_device, usage_error
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).
 _FORMATS = {".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff", ".webp"}
@@ -59,6 +59,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--scales", type=parse_scales, help="CAMERAS shorter-side sizes, e.g. 224,324,424"
     )
+    add_rule_argument(parser)
     parser.add_argument(
         "--out", type=Path, required=True, help="the figure to write (.png, .jpg, .pdf, .svg)"
     )
@@ -143,7 +144,9 @@ def _open_models(args, names: list[str], methods: list[str]) -> list[_Model]:
             model, prep, classes = load_model(name, weights=args.weights, device=device)
         except ModelError as error:
             raise usage_error(f"--models {name}: {error}") from None
-        built = [build_method(m, model, classes, args.layer, args.scales) for m in methods]
+        built = [
+            build_method(m, model, classes, args.layer, args.scales, args.rule) for m in methods
+        ]
         opened.append(_Model(name, model, prep, classes, built))
     return opened
 
@@ -185,6 +188,8 @@ def _rows_of(entry: _Model, results: list, prefix: str) -> list[list[Panel]]:
         for result in results:
             if result.method == "cameras":
                 line += f", cameras scales kept {[s.scale for s in result.scales[i] if s.kept]}"
+                if result.scale_warnings[i]:
+                    line += f"\n  warning: {result.scale_warnings[i]}"
         print(line, file=sys.stderr)
     if len(used) == 2:
         a, b = (entry.classes[t] if entry.classes else str(t) for t in used)

@@ -14,6 +14,7 @@ from ..images import ImageError, load_image, resize_map
 from ..viz import overlay
 from .common import (
     add_model_arguments,
+    add_rule_argument,
     build_method,
     gather_images,
     open_model,
@@ -34,6 +35,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--class", dest="target", help="class index or name (default: top-1)")
     parser.add_argument("--method", default="cameras", help="cameras (default), gradcam, ...")
     parser.add_argument("--scales", type=parse_scales, help="shorter-side sizes, e.g. 224,324,424")
+    add_rule_argument(parser)
     parser.add_argument(
         "--out", type=Path, default=Path("cameras-out"), help="default: %(default)s"
     )
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise usage_error(f"--alpha {args.alpha}: must be between 0 and 1")
     check_output_folder(args.out, args.paths)
     model, prep, classes = open_model(args)
-    method = build_method(args.method, model, classes, args.layer, args.scales)
+    method = build_method(args.method, model, classes, args.layer, args.scales, args.rule)
     target = parse_class(args.target, method)
     images, failures = gather_images(args.paths, args.out)
     inputs = {p.resolve() for p in images}
@@ -110,4 +112,6 @@ def run(args: argparse.Namespace) -> int:
         kept = [s.scale for s in result.scales[0] if s.kept]
         tqdm.write(f"{path}: top-5: {format_top5(result.probabilities[0], classes)}")
         tqdm.write(f"  {method.name} map for {name} ({chosen}), scales kept {kept} -> {png}")
+        if result.scale_warnings[0]:
+            tqdm.write(f"  warning: {result.scale_warnings[0]}", file=sys.stderr)
     return 1 if failures else 0
