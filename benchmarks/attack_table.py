@@ -13,16 +13,14 @@ model's input size; the reduction is ``1 - focused / plain`` per photo, then ave
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 import torch
-from PIL import Image
+from photo_sets import bundled_photos
 
 import cameras
-from photo_sets import bundled_photos
 from cameras.attack import DEFAULT_BETA, DEFAULT_NORM, DEFAULT_STEPS, NORMS, pgd
 
 PAPER_REDUCTION = 56.5

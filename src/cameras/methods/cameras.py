@@ -28,7 +28,7 @@ DEFAULT_RULE = "top5"
 
 
 def kept_by_rule(rule: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: whether a scale whose class scores are ``logits`` (B, K) counts for ``targets``."""
+    """(B,) bool: whether a scale with class scores ``logits`` (B, K) counts for ``targets``."""
     if rule == "all":
         return torch.ones_like(targets, dtype=torch.bool)
     k = 1 if rule == "top1" else 5
