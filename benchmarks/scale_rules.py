@@ -89,15 +89,16 @@ class RuleMap:
     kept: list[int]
 
 
-def metrics_for(model, prep, photo: Photo, x: torch.Tensor, result) -> dict[str, float]:
+def metrics_for(
+    model, prep, photo: Photo, x: torch.Tensor, result, deletion_steps: int
+) -> dict[str, float]:
     target = result.target
     maps = result.maps
     rho_plus, rho_minus = map_density(model, x, maps, [target], prep)
-    row = {
-        "rho_plus": float(rho_plus[0]),
-        "rho_minus": float(rho_minus[0]),
-        "deletion": float(deletion(model, x, maps, [target], prep=prep).auc[0]),
-    }
+    row = {"rho_plus": float(rho_plus[0]), "rho_minus": float(rho_minus[0])}
+    if deletion_steps:
+        curves = deletion(model, x, maps, [target], steps=deletion_steps, prep=prep)
+        row["deletion"] = float(curves.auc[0])
     if photo.boxes:
         width, height = photo.image.size
         full = resize_map(maps[0], height, width)
@@ -118,14 +119,27 @@ def main() -> int:
     parser.add_argument(
         "--models", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
     )
+    parser.add_argument(
+        "--deletion-steps", type=int, default=25, help="deletion curve steps (paper scales only)"
+    )
+    parser.add_argument("--part", choices=["all", "rules", "models"], default="all")
     args = parser.parse_args()
     started = time.perf_counter()
     photos = evaluation_photos()
     print(f"{len(photos)} photos ({sum(bool(p.boxes) for p in photos)} with boxes)\n")
     names = args.models.split(",")
 
-    # 1 and 2: the default model, every rule and scale range, maps and metrics.
-    model, prep, classes = cameras.load_model(names[0], device=args.device)
+    if args.part in ("all", "rules"):
+        rules_tables(args, photos, names[0])
+    if args.part in ("all", "models"):
+        models_table(args, photos, names)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def rules_tables(args, photos: list[Photo], name: str) -> None:
+    """Sections 1 and 2: the default model, every rule and scale range, maps and metrics."""
+    model, prep, classes = cameras.load_model(name, device=args.device)
     inputs = [prep(p.image)[None].to(args.device) for p in photos]
     # The shortcut in maps_per_rule gives what the library gives, rule by rule.
     scales = scale_set("paper", min(inputs[0].shape[2:]))
@@ -134,8 +148,7 @@ def main() -> int:
         assert [s.scale for s in library.scales[0] if s.kept] == got.kept, rule
         assert (library.maps - got.maps).abs().max() <= 1e-5, rule
     rows: dict[tuple[str, str], list[dict]] = {}
-    kept_lists: dict[tuple[str, str], list[int]] = {}
-    print(f"## Kept scales per photo ({names[0]}, paper scales, no class given)\n")
+    print(f"## Kept scales per photo ({name}, paper scales, no class given)\n")
     print("| photo | class at base scale | " + " | ".join(SCALE_RULES) + " |")
     print("|---|---|" + "---|" * len(SCALE_RULES))
     for photo, x in zip(photos, inputs, strict=True):
@@ -144,7 +157,8 @@ def main() -> int:
             scales = scale_set(range_name, min(x.shape[2:]))
             for rule, result in maps_per_rule(model, x, scales).items():
                 kept = result.kept
-                row = metrics_for(model, prep, photo, x, result)
+                steps = args.deletion_steps if range_name == "paper" else 0
+                row = metrics_for(model, prep, photo, x, result, steps)
                 row["kept"] = len(kept)
                 rows.setdefault((range_name, rule), []).append(row)
                 if range_name == "paper":
@@ -153,7 +167,7 @@ def main() -> int:
         print(f"| {photo.name} | {label} | " + " | ".join(cells[r] for r in SCALE_RULES) + " |")
         sys.stdout.flush()
 
-    print(f"\n## Rules and scale ranges ({names[0]}, {len(photos)} photos, no class given)\n")
+    print(f"\n## Rules and scale ranges ({name}, {len(photos)} photos, no class given)\n")
     print(
         "| scales | rule | median kept | only base | pointing ↑ | energy ↑ | rho_plus ↑ "
         "| rho_minus ↓ | deletion ↓ |"
@@ -170,9 +184,10 @@ def main() -> int:
             )
             + " |"
         )
-        kept_lists[(range_name, rule)] = kept
 
-    # 3: the three offline models: share of scales kept, accuracy on the set's classes.
+
+def models_table(args, photos: list[Photo], names: list[str]) -> None:
+    """Section 3: the three offline models: share of scales kept, accuracy on the classes."""
     print(
         f"\n## Models ({len(photos)} photos; accuracy on the {sum(bool(p.boxes) for p in photos)}"
         " photos with classes)\n"
@@ -213,8 +228,6 @@ def main() -> int:
             + " |"
         )
         sys.stdout.flush()
-    print(f"\n{time.perf_counter() - started:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
