@@ -12,9 +12,7 @@ running until its target is the top-1 class, within the same step budget:
   proximal map (``penalty="proximal"``: the perturbation outside the salient region is
   soft-thresholded, and held at exactly zero where the cross-entropy's pull is weaker than
   beta), beta = 50 halved every 10 steps that do not reach the target
-  (``beta_patience=10``);
-- the same focused attack with the paper's gradient penalty (``penalty="gradient"``) and
-  sign steps, as the library's defaults run it.
+  (``beta_patience=10``).
 
 Norms are in [0, 1] pixel units over the 3 x H x W input at the model's size; a
 reduction is ``1 - mean focused L2 / mean plain L2`` over the photos. "inside" is the share
@@ -51,7 +49,6 @@ def variants(steps: int) -> dict[str, dict]:
             beta_patience=10,
             saliency=True,
         ),  # fmt: skip
-        "focused, gradient penalty (library default)": dict(saliency=True),
     }
 
 

@@ -366,3 +366,16 @@ def test_beta_schedule_halves_beta_until_the_target_is_reached():
         pgd(model, x, beta_patience=0, **common)
     with pytest.raises(ValueError, match="penalty must be one of gradient, proximal"):
         pgd(model, x, target=4, penalty="prox")
+
+
+def test_cli_runs_the_proximal_focused_attack(tmp_path, coffee, capsys):
+    coffee.save(tmp_path / "coffee.png")
+    out = tmp_path / "out"
+    argv = ["attack", str(tmp_path / "coffee.png"), "--out", str(out), "--scales", "224,324"]
+    argv += ["--norm", "l2", "--step-size", "0.1", "--penalty", "proximal"]
+    code = main([*argv, "--beta-patience", "10", "--steps", "150"])
+    assert code == 0, capsys.readouterr().err
+    row = json.loads((out / "attack.jsonl").read_text().splitlines()[0])
+    assert row["reached"] is True and row["steps"] <= 150
+    assert main([*argv, "--beta-patience", "0"]) == 2
+    assert "--beta-patience 0: must be 1 or more" in capsys.readouterr().err

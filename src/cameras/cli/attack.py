@@ -18,6 +18,7 @@ from ..attack import (
     DEFAULT_STEP_SIZE,
     DEFAULT_STEPS,
     NORMS,
+    PENALTIES,
     AttackResult,
     pgd,
 )
@@ -95,6 +96,18 @@ def add_parser(subparsers) -> None:
         type=parse_amount,
         help="bound on the perturbation's norm, e.g. 8/255 (default: no bound)",
     )
+    parser.add_argument(
+        "--penalty",
+        default="gradient",
+        choices=PENALTIES,
+        help="how the penalty acts: its gradient joins each step (gradient, the default) or its "
+        "proximal map holds the perturbation outside the map at zero (proximal)",
+    )
+    parser.add_argument(
+        "--beta-patience",
+        type=int,
+        help="halve beta after every N steps that miss the target (default: beta fixed)",
+    )
     parser.add_argument("--target", help="class to reach, index or name (default: least-likely)")
     parser.add_argument(
         "--no-early-stop",
@@ -115,6 +128,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise usage_error(f"--steps {args.steps}: must be 0 or more")
     if not args.beta >= 0:
         raise usage_error(f"--beta {args.beta}: must be 0 or more")
+    if args.beta_patience is not None and args.beta_patience < 1:
+        raise usage_error(f"--beta-patience {args.beta_patience}: must be 1 or more")
     if args.step_size is not None and not args.step_size > 0:
         raise usage_error(f"--step-size {args.step_size}: must be positive")
     if args.eps is not None and not args.eps > 0:
@@ -251,6 +266,8 @@ def attack_one(
             norm=args.norm,
             prep=prep,
             stop_when_reached=args.early_stop,
+            penalty=args.penalty,
+            beta_patience=args.beta_patience,
             class_names=classes,
             progress=lambda step, _running: bar.update(step - bar.n),
         )
