@@ -74,7 +74,7 @@ def test_strict_is_the_older_spelling_of_the_top1_and_all_rules():
 
 
 def test_default_rule_without_a_class_matches_oracle_and_keeps_top1_subset():
-    # The default (tolerant) rule keeps every scale the paper's rule keeps, and more.
+    # The default rule keeps every scale the paper's rule keeps, and more.
     model = seeded("resnet18", 7)
     x = photo_batch(("chelsea",), size=(64, 96))
     tolerant = assert_matches_oracle(model, "layer4", x, SCALES)
