@@ -23,11 +23,15 @@ def oracle_resize(image: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(image, size=(new_h, new_w), mode="bicubic", align_corners=False)
 
 
-def oracle_cameras(model, layer, image, scales, target=None, strict=None):
-    """CAMERAS map for one image (1, 3, H, W) -> ((H, W) map in [0, 1], target, kept scales)."""
+def oracle_cameras(model, layer, image, scales, target=None, rule=None):
+    """CAMERAS map for one image (1, 3, H, W) -> ((H, W) map in [0, 1], target, kept scales).
+
+    rule: "top1" keeps a scale whose own top-1 is the target (the paper's rule), "top5" one
+    whose top 5 holds it, "all" every scale; None is the paper's: top1 without a target.
+    """
     height, width = image.shape[-2:]
-    if strict is None:
-        strict = target is None
+    if rule is None:
+        rule = "top1" if target is None else "all"
     up_acts, up_grads, kept = [], [], []
     for scale in scales:
         scaled = oracle_resize(image, scale).detach().requires_grad_(True)
@@ -46,8 +50,10 @@ def oracle_cameras(model, layer, image, scales, target=None, strict=None):
         if target is None:
             target = int(logits[0].argmax())
         (grad,) = torch.autograd.grad(logits[0, target], store["a"])
-        top1 = int(logits[0].argmax())
-        if strict and top1 != target:
+        ranked = logits[0].argsort(descending=True).tolist()
+        if rule == "top1" and ranked[0] != target:
+            continue
+        if rule == "top5" and target not in ranked[:5]:
             continue
         kept.append(scale)
         act = store["a"].detach()

@@ -24,8 +24,12 @@ def linear_model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
 
 
-def reference_pgd(model, x, target, keep, beta, step, steps, norm):
-    """Plain NumPy PGD on CE(Wx + b) + beta * ||p * keep||_2 (float64), the paper's loss."""
+def reference_pgd(model, x, target, keep, beta, step, steps, norm, penalty="gradient"):
+    """Plain NumPy PGD on CE(Wx + b) + beta * ||p * keep||_2 (float64), from the SPEC's loss.
+
+    penalty "proximal": the step follows the cross-entropy alone, then every value is
+    scaled by max(0, 1 - t * keep / ||p * keep||), t = beta times the step per unit gradient.
+    """
     weight = model[1].weight.detach().double().numpy()
     bias = model[1].bias.detach().double().numpy()
     clean = x.double().numpy()[0]
@@ -36,27 +40,44 @@ def reference_pgd(model, x, target, keep, beta, step, steps, norm):
         z = weight @ (clean + p).ravel() + bias
         soft = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
         grad = (weight.T @ (soft - onehot)).reshape(clean.shape)
-        outside = np.sqrt(((p * keep) ** 2).sum() + 1e-12)
-        grad = grad + beta * keep**2 * p / outside
+        if penalty == "gradient":
+            outside = np.sqrt(((p * keep) ** 2).sum() + 1e-12)
+            grad = grad + beta * keep**2 * p / outside
         if norm == "l2":
-            p = p - step * grad / np.linalg.norm(grad)
+            rate = step / np.linalg.norm(grad)
+            p = p - rate * grad
         else:
+            rate = step
             p = p - step * np.sign(grad)
+        if penalty == "proximal":
+            outside = max(np.sqrt(((p * keep) ** 2).sum()), 1e-12)
+            p = p * np.maximum(0.0, 1.0 - rate * beta * keep / outside)
         p = np.clip(clean + p, 0.0, 1.0) - clean
     return p
 
 
-@pytest.mark.parametrize(("norm", "beta"), [("l2", 0.0), ("l2", 3.0), ("linf", 0.0)])
-def test_steps_match_a_numpy_oracle(norm, beta):
+@pytest.mark.parametrize(
+    ("norm", "beta", "penalty"),
+    [
+        ("l2", 0.0, "gradient"),
+        ("l2", 3.0, "gradient"),
+        ("linf", 0.0, "gradient"),
+        ("l2", 0.5, "proximal"),
+        ("linf", 20.0, "proximal"),
+    ],
+)
+def test_steps_match_a_numpy_oracle(norm, beta, penalty):
     model = linear_model()
     x = torch.rand(1, 3, 4, 4) * 0.6 + 0.2
     psi = torch.rand(1, 4, 4)
     step = 0.05 if norm == "l2" else 0.02
     result = pgd(
         model, x, target=2, saliency=psi, beta=beta, steps=4, step_size=step, norm=norm,
-        stop_when_reached=False,
+        stop_when_reached=False, penalty=penalty,
     )  # fmt: skip
-    expected = reference_pgd(model, x, 2, (1 - psi)[:, None], beta, step, 4, norm)
+    expected = reference_pgd(model, x, 2, (1 - psi)[:, None], beta, step, 4, norm, penalty)
+    if penalty == "proximal" and beta:
+        assert np.abs(expected).max() > 0 and (expected == 0).any(), "the shrink must act"
     np.testing.assert_allclose(result.perturbation[0].numpy(), expected, atol=2e-6)
     assert result.steps == [4]
     # The reported figures are those of the perturbation and the model's output.
@@ -311,3 +332,59 @@ def test_plain_and_focused_share_settings_and_summaries_average_per_image():
     assert summary["linf_reduction_percent"] == -10.0  # an undefined reduction is left out
     plain_only = summarise_attacks([r["plain"] for r in rows], None, {})
     assert set(plain_only) == {"images", "settings", "plain"}
+
+
+def test_proximal_penalty_holds_the_outside_at_exactly_zero():
+    # A 0/1 map: the proximal map is exact group soft-thresholding, and a large beta keeps
+    # every value outside the salient half at zero while the inside moves.
+    model = linear_model(1)
+    x = torch.rand(1, 3, 4, 4) * 0.6 + 0.2
+    psi = torch.zeros(1, 4, 4)
+    psi[:, :, :2] = 1.0
+    result = pgd(
+        model, x, target=3, saliency=psi, beta=100.0, steps=5, step_size=0.05, norm="l2",
+        penalty="proximal", stop_when_reached=False,
+    )  # fmt: skip
+    p = result.perturbation[0]
+    assert (p[:, :, 2:] == 0).all()
+    assert p[:, :, :2].abs().max() > 0
+    gradient_rule = pgd(
+        model, x, target=3, saliency=psi, beta=100.0, steps=5, step_size=0.05, norm="l2",
+        stop_when_reached=False,
+    )  # fmt: skip
+    assert (gradient_rule.perturbation[0][:, :, 2:] != 0).any()  # the subgradient oscillates
+
+
+def test_beta_schedule_halves_beta_until_the_target_is_reached():
+    # Psi = 0 everywhere: the whole image is outside, so a large fixed beta holds the
+    # perturbation at zero and the target is never reached; halving beta gets there.
+    model = linear_model(2)
+    x = torch.rand(1, 3, 4, 4) * 0.6 + 0.2
+    psi = torch.zeros(1, 4, 4)
+    common = dict(
+        target=4, saliency=psi, beta=1000.0, steps=60, step_size=0.2, norm="l2",
+        penalty="proximal",
+    )  # fmt: skip
+    fixed = pgd(model, x, **common)
+    assert fixed.reached == [False] and fixed.l2[0] == 0
+    scheduled = pgd(model, x, beta_patience=2, **common)
+    assert scheduled.reached == [True] and scheduled.steps[0] < 60
+    # Every two steps beta halves: it got there only once beta * rate fell below the pull.
+    assert scheduled.steps[0] > 2
+    with pytest.raises(ValueError, match="beta_patience must be a positive int"):
+        pgd(model, x, beta_patience=0, **common)
+    with pytest.raises(ValueError, match="penalty must be one of gradient, proximal"):
+        pgd(model, x, target=4, penalty="prox")
+
+
+def test_cli_runs_the_proximal_focused_attack(tmp_path, coffee, capsys):
+    coffee.save(tmp_path / "coffee.png")
+    out = tmp_path / "out"
+    argv = ["attack", str(tmp_path / "coffee.png"), "--out", str(out), "--scales", "224,324"]
+    argv += ["--norm", "l2", "--step-size", "0.1", "--penalty", "proximal"]
+    code = main([*argv, "--beta-patience", "10", "--steps", "150"])
+    assert code == 0, capsys.readouterr().err
+    row = json.loads((out / "attack.jsonl").read_text().splitlines()[0])
+    assert row["reached"] is True and row["steps"] <= 150
+    assert main([*argv, "--beta-patience", "0"]) == 2
+    assert "--beta-patience 0: must be 1 or more" in capsys.readouterr().err

@@ -14,14 +14,16 @@ SCALES = [64, 96, 128, 160]  # the paper's rule in miniature, to keep the oracle
 TOL = 1e-4
 
 
-def assert_matches_oracle(model, layer, x, scales, targets=None, strict=None, oracle_scales=None):
-    result = cameras.CAMERAS(model, layer=layer, scales=scales, strict=strict)(x, targets)
+def assert_matches_oracle(model, layer, x, scales, targets=None, rule=None, oracle_scales=None):
+    method = cameras.CAMERAS(model, layer=layer, scales=scales, rule=rule)
+    result = method(x, targets)
     scales = oracle_scales or scales
+    rule = method.rule_for(None if targets is None else torch.tensor(targets))
     layer_module = dict(model.named_modules())[layer]
     for b in range(x.shape[0]):
         target = None if targets is None else targets[b]
         expected, used, kept = oracle_cameras(
-            model, layer_module, x[b : b + 1], scales, target, strict
+            model, layer_module, x[b : b + 1], scales, target, rule
         )
         assert result.targets[b] == used
         assert [s.scale for s in result.scales[b] if s.kept] == kept
@@ -39,7 +41,7 @@ FLIPPING = [("resnet18", 2, "layer4"), ("resnet18", 7, "layer4"), ("densenet121"
 def test_top1_rule_matches_oracle_and_drops_flipped_scales(arch, seed, layer):
     model = seeded(arch, seed)
     x = photo_batch(("chelsea",), size=(64, 96))  # non-square: aspect ratio must be kept
-    result = assert_matches_oracle(model, layer, x, SCALES)
+    result = assert_matches_oracle(model, layer, x, SCALES, rule="top1")
     assert any(not s.kept for s in result.scales[0]), "the rule should have dropped a scale"
     assert result.maps.shape == (1, 64, 96)
 
@@ -53,12 +55,34 @@ def test_given_class_keeps_every_scale_and_matches_oracle(arch, seed, layer):
     assert result.targets == [3]
 
 
-def test_strict_option_with_a_class_applies_the_top1_rule():
+def test_top1_rule_with_a_class_applies_the_rule():
     model = seeded("resnet18", 2)
     x = photo_batch(("chelsea",), size=(64, 96))
     top1 = int(model(x).argmax())
-    result = assert_matches_oracle(model, "layer4", x, SCALES, targets=[top1], strict=True)
+    result = assert_matches_oracle(model, "layer4", x, SCALES, targets=[top1], rule="top1")
     assert [s.kept for s in result.scales[0]] == [s.top1 == top1 for s in result.scales[0]]
+
+
+def test_strict_is_the_older_spelling_of_the_top1_and_all_rules():
+    model = seeded("resnet18", 2)
+    assert cameras.CAMERAS(model, layer="layer4", strict=True).rule == "top1"
+    assert cameras.CAMERAS(model, layer="layer4", strict=False).rule == "all"
+    with pytest.raises(ValueError, match="not both"):
+        cameras.CAMERAS(model, layer="layer4", strict=True, rule="top5")
+    with pytest.raises(ValueError, match="rule must be one of top1, top5, all"):
+        cameras.CAMERAS(model, layer="layer4", rule="top-1")
+
+
+def test_default_rule_without_a_class_matches_oracle_and_keeps_top1_subset():
+    # The default rule keeps every scale the paper's rule keeps, and more.
+    model = seeded("resnet18", 7)
+    x = photo_batch(("chelsea",), size=(64, 96))
+    tolerant = assert_matches_oracle(model, "layer4", x, SCALES)
+    paper = cameras.CAMERAS(model, layer="layer4", scales=SCALES, rule="top1")(x)
+    kept_tolerant = [s.kept for s in tolerant.scales[0]]
+    kept_paper = [s.kept for s in paper.scales[0]]
+    assert all(t or not p for t, p in zip(kept_tolerant, kept_paper, strict=True))
+    assert sum(kept_tolerant) > sum(kept_paper), "chose a model whose top-1 flips"
 
 
 def test_default_scales_are_the_papers_and_match_oracle():
@@ -82,7 +106,7 @@ def test_resized_size_keeps_aspect_and_rounds_to_nearest():
 def test_batch_equals_single_calls_with_per_image_targets_and_scales():
     model = seeded("resnet18", 7)
     x = photo_batch(("chelsea", "astronaut", "rocket"), size=(64, 96))
-    method = cameras.CAMERAS(model, layer="layer4", scales=SCALES)
+    method = cameras.CAMERAS(model, layer="layer4", scales=SCALES, rule="top1")
     batched = method(x)
     kept_patterns = set()
     for b in range(3):

@@ -65,6 +65,7 @@ DEFAULT_BETA = 50.0
 DEFAULT_NORM = "linf"
 DEFAULT_STEP_SIZE = {"l2": 0.5, "linf": 2.0 / 255.0}
 NORMS = ("l2", "linf")
+PENALTIES = ("gradient", "proximal")
 
 # A norm's gradient is undefined at zero; the tiny offset makes it 0 there instead of NaN.
 _NORM_FLOOR = 1e-12
@@ -133,6 +134,8 @@ def pgd(
     stop_when_reached: bool = True,
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    penalty: str = "gradient",
+    beta_patience: int | None = None,
 ) -> AttackResult:
     """Targeted PGD on a batch, optionally focused by a saliency map.
 
@@ -156,6 +159,14 @@ def pgd(
         ``load_model`` attached to the model, if any).
     progress: called as ``progress(step, still_running)`` after each gradient step
         (a progress bar, for instance).
+    penalty: how the penalty acts. ``"gradient"``: its gradient joins the cross-entropy's
+        in each step (the paper's formulation). ``"proximal"``: each step follows the
+        cross-entropy alone, then applies the penalty's proximal map, a soft threshold on
+        the perturbation outside the salient region (see ``_shrink``): a region whose
+        cross-entropy pull is weaker than beta is held at exactly zero.
+    beta_patience: halve an image's beta after every ``beta_patience`` steps that did not
+        reach its target, so every image is eventually fooled (the attack tends to plain
+        PGD); None keeps beta fixed.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -170,6 +181,12 @@ def pgd(
         raise ValueError(f"eps must be positive or None, got {eps}")
     if not beta >= 0:
         raise ValueError(f"beta must be non-negative, got {beta}")
+    if penalty not in PENALTIES:
+        raise ValueError(f"penalty must be one of {', '.join(PENALTIES)}, not {penalty!r}")
+    if beta_patience is not None and (
+        isinstance(beta_patience, bool) or not isinstance(beta_patience, int) or beta_patience < 1
+    ):
+        raise ValueError(f"beta_patience must be a positive int or None, got {beta_patience!r}")
     low, high = float(bounds[0]), float(bounds[1])
     if not low < high:
         raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
@@ -206,6 +223,7 @@ def pgd(
         final_logits = clean_logits.clone()
         taken = torch.zeros(batch, dtype=torch.long, device=device)
         active = torch.ones(batch, dtype=torch.bool, device=device)
+        betas = torch.full((batch,), float(beta), device=device)
         for step in range(steps + 1):
             index = active.nonzero().flatten()
             if index.numel() == 0:
@@ -222,17 +240,26 @@ def pgd(
                 break
             # Per-image sums, so that an image's step never depends on the others.
             loss = F.cross_entropy(logits, targets[index], reduction="sum")
-            if keep is not None:
+            if keep is not None and penalty == "gradient":
                 outside = (delta * keep[index]).flatten(1)
-                loss = loss + beta * (outside.square().sum(1) + _NORM_FLOOR).sqrt().sum()
+                norms = (outside.square().sum(1) + _NORM_FLOOR).sqrt()
+                loss = loss + (betas[index] * norms).sum()
             (gradient,) = torch.autograd.grad(loss, delta)
             moving = active[index]  # images frozen at this step keep their perturbation
             rows = index[moving]
-            updated = _step(delta.detach()[moving], gradient[moving], step_size, eps, norm)
+            updated, rate = _descend(delta.detach()[moving], gradient[moving], step_size, norm)
+            if keep is not None and penalty == "proximal":
+                updated = _shrink(updated, keep[rows], rate * betas[rows])
+            updated = _project(updated, eps, norm)
             # Clip in pixel space: the adversarial image must be a valid image.
             updated = (clean[rows] + updated).clamp(low, high) - clean[rows]
             perturbation[rows] = updated
             taken[rows] += 1
+            if beta_patience is not None:
+                # Images still short of their target after every ``beta_patience`` steps
+                # halve their penalty: the attack tends to plain PGD, which gets there.
+                halve = taken[rows] % beta_patience == 0
+                betas[rows[halve]] *= 0.5
             if progress is not None:
                 progress(step + 1, int(rows.numel()))
 
@@ -258,19 +285,44 @@ def pgd(
     )
 
 
-def _step(
-    delta: torch.Tensor, gradient: torch.Tensor, size: float, eps: float | None, norm: str
-) -> torch.Tensor:
-    """One descent step on (n, 3, H, W) perturbations, then the projection onto the eps ball."""
+def _descend(
+    delta: torch.Tensor, gradient: torch.Tensor, size: float, norm: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One descent step on (n, 3, H, W) perturbations.
+
+    Returns the moved perturbations and, per image, the step's length per unit of
+    gradient (the proximal map's scale): ``size / ||gradient||`` for L2 steps along the
+    normalised gradient, ``size`` for sign steps.
+    """
     if norm == "linf":
-        delta = delta - size * gradient.sign()
-        return delta if eps is None else delta.clamp(-eps, eps)
-    length = gradient.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
-    delta = delta - size * gradient / length
-    if eps is not None:
-        l2 = delta.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
-        delta = delta * (eps / l2).clamp(max=1.0)
-    return delta
+        return delta - size * gradient.sign(), torch.full_like(delta[:, 0, 0, 0], size)
+    length = gradient.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)
+    rate = size / length
+    return delta - rate[:, None, None, None] * gradient, rate
+
+
+def _project(delta: torch.Tensor, eps: float | None, norm: str) -> torch.Tensor:
+    """Project (n, 3, H, W) perturbations onto the eps ball of the norm (None: no bound)."""
+    if eps is None:
+        return delta
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    l2 = delta.flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)[:, None, None, None]
+    return delta * (eps / l2).clamp(max=1.0)
+
+
+def _shrink(delta: torch.Tensor, keep: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The penalty's proximal map: ``delta * max(0, 1 - t * w / ||w * delta||_2)`` per image.
+
+    delta: (n, 3, H, W); keep: (n, 1, H, W) weights w = 1 - Psi; threshold: (n,) t = step
+    length x beta. Where w is 0 or 1 this is exactly the proximal map of
+    ``t * ||w * delta||_2`` (group soft-thresholding of the part outside the salient
+    region: it becomes zero when its norm is below t, else shrinks by t); in between,
+    each value shrinks in proportion to its weight.
+    """
+    outside = (delta * keep).flatten(1).norm(dim=1).clamp_min(_NORM_FLOOR)
+    factor = 1.0 - threshold[:, None, None, None] * keep / outside[:, None, None, None]
+    return delta * factor.clamp_min(0.0)
 
 
 def _check_saliency(

@@ -38,6 +38,7 @@ class Session:
     record or a Hugging Face ``config.id2label``; names are then refused as classes).
     layer: module name or None (found automatically, once, on first use).
     scales: CAMERAS's shorter-side sizes (None: ``default_scales`` of each input).
+    rule: CAMERAS's scale rule (``"top1"``, ``"top5"``, ``"all"``; None: the default).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Session:
         class_names: Sequence[str] | None = None,
         layer: str | None = None,
         scales: Sequence[int] | None = None,
+        rule: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -56,6 +58,7 @@ class Session:
             class_names = class_names_for(model)
         self.class_names = list(class_names) if class_names is not None else None
         self.scales = list(scales) if scales is not None else None
+        self.rule = rule
         self._layer = layer
         self._layer_resolved = False
         self._methods: dict[tuple[str, tuple[int, ...] | None], SaliencyMethod] = {}
@@ -69,10 +72,11 @@ class Session:
         device: str | torch.device | None = None,
         layer: str | None = None,
         scales: Sequence[int] | None = None,
+        rule: str | None = None,
     ) -> Session:
         """A session over ``load_model(name, weights, device)`` (ModelError if it fails)."""
         model, prep, classes = load_model(name, weights=weights, device=device)
-        return cls(model, prep, classes, layer=layer, scales=scales)
+        return cls(model, prep, classes, layer=layer, scales=scales, rule=rule)
 
     # ------------------------------------------------------------------ model facts
 
@@ -122,7 +126,7 @@ class Session:
             key, chosen = (name, None), None
         if key not in self._methods:
             self._methods[key] = build_method(
-                name, self.model, self.layer, chosen, self.class_names
+                name, self.model, self.layer, chosen, self.class_names, self.rule
             )
         return self._methods[key]
 

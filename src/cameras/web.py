@@ -110,6 +110,7 @@ class MapResult:
     target: int
     target_name: str
     scales_kept: list[int]
+    warning: str | None = None  # fewer than half of the scales counted
 
 
 def method_for(session: Session, name: str, preset: str = "default") -> SaliencyMethod:
@@ -143,7 +144,10 @@ def explain_photo(
         saliency = session.map_at_image_size(explanation, image)
         kept = [s.scale for s in explanation.scales[0] if s.kept]
         chosen = explanation.targets[0]
-        results.append(MapResult(name, saliency, chosen, session.class_name(chosen), kept))
+        warning = explanation.scale_warnings[0]
+        results.append(
+            MapResult(name, saliency, chosen, session.class_name(chosen), kept, warning)
+        )
     return results
 
 
@@ -276,6 +280,9 @@ def handle_explain(
     items, files = render(state["image"], results, alpha, folders.new(), state["stem"])
     kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
     note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
+    warning = next((r.warning for r in results if r.warning), None)
+    if warning:  # fewer than half of the scales counted
+        note += f". Warning: {warning}"
     done = {"results": results, "image": state["image"], "stem": state["stem"]}
     return {
         "status": f"Explained **{results[0].target_name}** ({index}){note}.",

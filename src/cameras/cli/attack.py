@@ -17,6 +17,7 @@ from ..attack import (
     DEFAULT_STEPS,
     NORMS,
     PAPER_REDUCTION,
+    PENALTIES,
     compare_outcomes,
     plain_and_focused,
     reaches_when_saved,
@@ -101,6 +102,18 @@ def add_parser(subparsers) -> None:
         type=parse_amount,
         help="bound on the perturbation's norm, e.g. 8/255 (default: no bound)",
     )
+    parser.add_argument(
+        "--penalty",
+        default="gradient",
+        choices=PENALTIES,
+        help="how the penalty acts: its gradient joins each step (gradient, the default) or its "
+        "proximal map holds the perturbation outside the map at zero (proximal)",
+    )
+    parser.add_argument(
+        "--beta-patience",
+        type=int,
+        help="halve beta after every N steps that miss the target (default: beta fixed)",
+    )
     parser.add_argument("--target", help="class to reach, index or name (default: least-likely)")
     parser.add_argument(
         "--no-early-stop",
@@ -124,6 +137,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise usage_error(f"--steps {args.steps}: must be 0 or more")
     if not args.beta >= 0:
         raise usage_error(f"--beta {args.beta}: must be 0 or more")
+    if args.beta_patience is not None and args.beta_patience < 1:
+        raise usage_error(f"--beta-patience {args.beta_patience}: must be 1 or more")
     if args.step_size is not None and not args.step_size > 0:
         raise usage_error(f"--step-size {args.step_size}: must be positive")
     if args.eps is not None and not args.eps > 0:
@@ -196,6 +211,8 @@ def attack_one(args, session, method, target, step_size, path: Path, stem: str, 
             norm=args.norm,
             prep=session.prep,
             stop_when_reached=args.early_stop,
+            penalty=args.penalty,
+            beta_patience=args.beta_patience,
             class_names=session.class_names,
             progress=lambda step, _running: bar.update(step - bar.n),
         )

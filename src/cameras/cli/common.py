@@ -109,6 +109,7 @@ def open_session(
             device=device,
             layer=args.layer,
             scales=getattr(args, "scales", None),
+            rule=getattr(args, "rule", None),
         )
     except ModelError as error:
         raise usage_error(f"{option} {name}: {error}") from None
@@ -211,3 +212,15 @@ def progress_bar(items: Iterable | None = None, **options) -> tqdm:
 def note(line: str, error: bool = False) -> None:
     """Print one line without breaking a progress bar (stdout, or stderr for errors)."""
     tqdm.write(line, file=sys.stderr if error else sys.stdout)
+
+
+def add_rule_argument(parser: argparse.ArgumentParser) -> None:
+    from ..methods.cameras import DEFAULT_RULE, SCALE_RULES
+
+    parser.add_argument(
+        "--rule",
+        choices=SCALE_RULES,
+        help=f"which scales count for CAMERAS: top1 (the paper's), top5, all (default: "
+        f"{DEFAULT_RULE} without --class, all with it)",
+    )
+

@@ -19,6 +19,7 @@ from ..session import Session
 from ..viz import Panel, comparison_figure, difference_map, save_figure
 from .common import (
     DEVICES,
+    add_rule_argument,
     method_of,
     open_session,
     parse_classes,
@@ -71,6 +72,7 @@ def add_parser(subparsers) -> None:
         type=parse_scales,
         help="CAMERAS shorter-side sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
     )
+    add_rule_argument(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -154,6 +156,8 @@ def _rows_of(name: str, session: Session, results: list, prefix: str) -> list[li
         for result in results:
             if result.method == "cameras":
                 line += f", cameras scales kept {[s.scale for s in result.scales[i] if s.kept]}"
+                if result.scale_warnings[i]:
+                    line += f"\n  warning: {result.scale_warnings[i]}"
         print(line, file=sys.stderr)
     if len(used) == 2:
         a, b = (session.class_name(t) for t in used)

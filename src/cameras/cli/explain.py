@@ -11,6 +11,7 @@ from ..viz import save_map
 from .common import (
     add_model_arguments,
     add_out_argument,
+    add_rule_argument,
     check_output_folder,
     gather_images,
     method_of,
@@ -47,6 +48,7 @@ def add_parser(subparsers) -> None:
         type=parse_scales,
         help="CAMERAS shorter-side sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
     )
+    add_rule_argument(parser)
     add_out_argument(parser)
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
@@ -94,4 +96,6 @@ def run(args: argparse.Namespace) -> int:
         top5 = top_classes(result.probabilities[0], 5)
         note(f"{path}: top-5: {format_top5(top5, session)}")
         note(f"  {method.name} map for {session.class_label(chosen)}, scales kept {kept} -> {png}")
+        if result.scale_warnings[0]:
+            note(f"  warning: {result.scale_warnings[0]}", error=True)
     return 1 if failures else 0

@@ -29,11 +29,13 @@ def build_method(
     layer: str | nn.Module | None = None,
     scales: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    rule: str | None = None,
 ) -> SaliencyMethod:
-    """The method ``name`` (a key of METHODS) for ``model``. ``scales`` applies to CAMERAS
-    only (the baselines run at the input's own size) and is ignored by the others."""
+    """The method ``name`` (a key of METHODS) for ``model``. ``scales`` and the scale
+    ``rule`` apply to CAMERAS only (the baselines run at the input's own size) and are
+    ignored by the others."""
     check_method_names([name])
-    extra = {"scales": scales} if name == CAMERAS.name else {}
+    extra = {"scales": scales, "rule": rule} if name == CAMERAS.name else {}
     return METHODS[name](model, layer=layer, class_names=class_names, **extra)
 
 

@@ -49,6 +49,28 @@ class Explanation:
             return None
         return [self.class_names[t] for t in self.targets]
 
+    @property
+    def scale_warnings(self) -> list[str | None]:
+        """Per image, one line when fewer than half of its scales counted (else None)."""
+        return [few_scales_warning(records) for records in self.scales]
+
+
+def few_scales_warning(records: Sequence[ScaleRecord]) -> str | None:
+    """A one-line warning, saying what to do, when fewer than half of the scales counted.
+
+    Such a map is close to a single-scale one: the class left the scale rule's top ranks
+    at the larger sizes. Passing the class keeps every scale (the authors' code), and
+    fewer, smaller scales change the prediction less.
+    """
+    kept = sum(record.kept for record in records)
+    if len(records) < 2 or 2 * kept >= len(records):
+        return None
+    return (
+        f"only {kept} of {len(records)} scales counted (the class left the model's top ranks "
+        "at larger sizes), so the map is close to a single-scale one; pass the class to keep "
+        "every scale (--class), or use fewer, smaller scales (--scales)"
+    )
+
 
 class SaliencyMethod:
     """Base class: validates arguments, hooks the layer for one call, builds the result.
