@@ -61,8 +61,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# --model values with these suffixes are Keras model files (cameras.keras).
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
 def open_model(args: argparse.Namespace):
-    """(model, prep, classes) from --model / --weights / --device, or a usage error."""
+    """(model, prep, classes) from --model / --weights / --device, or a usage error.
+
+    A Keras model file goes to ``cameras.keras.load_model`` with --preprocess, in the
+    subcommands that have that option.
+    """
+    if getattr(args, "preprocess", None) or Path(args.model).suffix.lower() in KERAS_SUFFIXES:
+        return open_keras_model(args)
     device = pick_device(args.device)
     try:
         return load_model(args.model, weights=args.weights, device=device)
@@ -70,12 +80,32 @@ def open_model(args: argparse.Namespace):
         raise usage_error(f"--model {args.model}: {error}") from None
 
 
+def open_keras_model(args: argparse.Namespace):
+    """(model, prep, classes) for a Keras model file, or a one-line usage error."""
+    if not hasattr(args, "preprocess"):
+        raise usage_error(f"--model {args.model}: Keras models work with 'cameras explain' only")
+    try:
+        from .. import keras as keras_backend
+    except ImportError as error:
+        raise usage_error(f"--model {args.model}: {error}") from None
+    if args.preprocess is None:
+        modes = ", ".join(keras_backend.PREPROCESS_MODES)
+        raise usage_error(f"--model {args.model}: a Keras model needs --preprocess ({modes})")
+    try:
+        return keras_backend.load_model(args.model, args.preprocess)
+    except ModelError as error:
+        raise usage_error(f"--model {error}") from None
+
+
 def build_method(name: str, model, classes, layer: str | None, scales=None) -> SaliencyMethod:
-    if name not in METHODS:
-        raise usage_error(f"--method {name!r}: choose from {', '.join(METHODS)}")
+    methods = METHODS
+    if not isinstance(model, torch.nn.Module):  # a Keras model from open_keras_model
+        from ..keras import METHODS as methods
+    if name not in methods:
+        raise usage_error(f"--method {name!r}: choose from {', '.join(methods)}")
     kwargs = {"scales": scales} if name == "cameras" else {}
     try:
-        return METHODS[name](model, layer=layer, class_names=classes, **kwargs)
+        return methods[name](model, layer=layer, class_names=classes, **kwargs)
     except ValueError as error:
         raise usage_error(f"--layer: {error}" if "layer" in str(error) else str(error)) from None
 

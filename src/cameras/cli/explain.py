@@ -40,6 +40,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     add_model_arguments(parser)
+    parser.add_argument(
+        "--preprocess",
+        choices=["torch", "tf", "caffe", "raw"],
+        help="for a Keras model file (--model PATH.keras): its keras.applications input "
+        "convention; raw passes 0-255 pixels (EfficientNet)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             image = load_image(path)
             result = method(prep(image)[None], targets=target)
-            saliency = resize_map(result.maps[0], image.height, image.width)
+            # torch.as_tensor: a Keras model's maps come as NumPy arrays.
+            saliency = resize_map(torch.as_tensor(result.maps[0]), image.height, image.width)
             base = args.out / f"{stem}_{method.name}"
             png, npy = base.with_suffix(".png"), base.with_suffix(".npy")
             if png.resolve() in inputs or npy.resolve() in inputs:
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = result.targets[0]
         name = classes[chosen] if classes else str(chosen)
         kept = [s.scale for s in result.scales[0] if s.kept]
-        tqdm.write(f"{path}: top-5: {format_top5(result.probabilities[0], classes)}")
+        top5 = format_top5(torch.as_tensor(result.probabilities[0]), classes)
+        tqdm.write(f"{path}: top-5: {top5}")
         tqdm.write(f"  {method.name} map for {name} ({chosen}), scales kept {kept} -> {png}")
     return 1 if failures else 0

@@ -45,6 +45,7 @@ from .methods import (  # noqa: E402 - after the checks above, on purpose
     LayerCAM,
     XGradCAM,
 )
+from .models import PREPROCESS_MODES, KerasPreprocess, is_keras_file, load_model  # noqa: E402
 from .network import KerasModelError  # noqa: E402
 
 __all__ = [
@@ -54,6 +55,10 @@ __all__ = [
     "GradCAMPlusPlus",
     "HiResCAM",
     "KerasModelError",
+    "KerasPreprocess",
+    "PREPROCESS_MODES",
     "LayerCAM",
     "XGradCAM",
+    "is_keras_file",
+    "load_model",
 ]

@@ -20,7 +20,7 @@ import tensorflow as tf
 import torch
 
 from ..capture import ScaleCapture
-from .network import FlexibleNetwork, wrapped_calls
+from .network import FlexibleNetwork, KerasModelError, wrapped_calls
 
 
 def scores_of(output: object) -> tf.Tensor:
@@ -101,7 +101,17 @@ class KerasCapture:
         images = tf.convert_to_tensor(x.detach().cpu().permute(0, 2, 3, 1).numpy())
         self._outputs, self._tape = [], None
         try:
-            scores = scores_of(self.network.copy(images, training=False))
+            try:
+                output = self.network.copy(images, training=False)
+            except Exception as error:  # noqa: BLE001 - TensorFlow's errors vary by layer
+                height, width = x.shape[2:]
+                first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+                raise KerasModelError(
+                    f"model {self.network.name!r} does not run at input size "
+                    f"{height}x{width} ({type(error).__name__}: {first}); a layer such as "
+                    "Flatten or Reshape may fix the size"
+                ) from None
+            scores = scores_of(output)
             if len(self._outputs) != 1:
                 raise RuntimeError(
                     f"layer {self.layer_name!r} ran {len(self._outputs)} times in one forward "

@@ -16,7 +16,7 @@ from ..methods import cameras as _cameras
 from ..methods import gradcam as _gradcam
 from ..methods.base import SaliencyMethod, Targets
 from .capture import KerasCapture
-from .network import FlexibleNetwork
+from .network import network_for
 
 
 class KerasBackend:
@@ -32,7 +32,7 @@ class KerasBackend:
     """
 
     def _bind(self, model, layer):
-        self._network = FlexibleNetwork(model)
+        self._network = network_for(model)
         name = self._network.resolve_layer(layer)
         return name, self._network.layers[name]
 

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import weakref
 from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ..models import ModelError
+
 # Two probe sizes: a layer whose output grows between them is a spatial feature map
 # (the same rule as the PyTorch backend; see cameras.capture).
 _PROBE_SIZES = (64, 96)
 
 
-class KerasModelError(ValueError):
+class KerasModelError(ModelError):
     """The Keras model cannot be explained as it is; the message says why."""
 
 
@@ -49,7 +52,14 @@ def flexible_copy(model: keras.Model) -> keras.Model:
         return layer.__class__.from_config(layer.get_config())
 
     flexible_input = keras.Input(shape=(None, None, shape[-1]), dtype=inputs[0].dtype)
-    return keras.models.clone_model(model, input_tensors=flexible_input, clone_function=copy_layer)
+    try:
+        return keras.models.clone_model(
+            model, input_tensors=flexible_input, clone_function=copy_layer
+        )
+    except ValueError:
+        # A layer needs the size (Flatten then Dense): keep it; such a model runs at
+        # its own size only, which single-scale methods can still use.
+        return keras.models.clone_model(model)
 
 
 def _is_softmax(activation: object) -> bool:
@@ -114,6 +124,22 @@ def _unwrap(wrapped: list[tuple[keras.Layer, Callable | None]]) -> None:
             layer.call = own_call
 
 
+# One rebuilt copy per user model, shared by every method built on it (rebuilding
+# ResNet50 takes seconds). Weak keys: the cache never keeps a model alive, and the
+# copy refers to its model only weakly.
+_NETWORKS: weakref.WeakKeyDictionary[keras.Model, FlexibleNetwork] = weakref.WeakKeyDictionary()
+
+
+def network_for(model: keras.Model) -> FlexibleNetwork:
+    """The shared ``FlexibleNetwork`` of ``model``, built on first use."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, not {type(model).__name__}")
+    network = _NETWORKS.get(model)
+    if network is None:
+        network = _NETWORKS[model] = FlexibleNetwork(model)
+    return network
+
+
 class FlexibleNetwork:
     """The user's model rebuilt for any input size, with pre-softmax scores.
 
@@ -123,13 +149,12 @@ class FlexibleNetwork:
     """
 
     def __init__(self, model: keras.Model) -> None:
-        if not isinstance(model, keras.Model):
-            raise TypeError(f"model must be a keras.Model, not {type(model).__name__}")
         if keras.config.image_data_format() != "channels_last":
             raise KerasModelError(
                 "cameras.keras needs keras.config.image_data_format() == 'channels_last'"
             )
-        self.model = model
+        self._model = weakref.ref(model)
+        self.name = model.name
         self.copy = flexible_copy(model)
         source, target = model.weights, self.copy.weights
         if [tuple(w.shape) for w in source] != [tuple(w.shape) for w in target]:
@@ -137,10 +162,19 @@ class FlexibleNetwork:
                 f"model {model.name!r} could not be rebuilt with the same weights; "
                 "is it a subclassed model? Functional and Sequential models are supported"
             )
+        self._auto_layer: str | None = None
         self.sync_weights()
         self.softmax_removed = strip_final_softmax(self.copy)
         self.layers = named_layers(self.copy)
         self.channels = int(model.inputs[0].shape[-1])
+
+    @property
+    def model(self) -> keras.Model:
+        """The user's model (alive as long as a method holds it)."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the Keras model of this network no longer exists")
+        return model
 
     def sync_weights(self) -> None:
         for target, source in zip(self.copy.weights, self.model.weights, strict=True):
@@ -175,6 +209,11 @@ class FlexibleNetwork:
         model nested in the model comes out as the backbone itself when its output is
         that map. Layers that run more than once per forward pass are skipped.
         """
+        if self._auto_layer is None:
+            self._auto_layer = self._find_auto_layer()
+        return self._auto_layer
+
+    def _find_auto_layer(self) -> str:
         small, _, _ = self._probe(_PROBE_SIZES[0])
         large, counts, order = self._probe(_PROBE_SIZES[1])
         for name in reversed(order):
@@ -211,7 +250,7 @@ class FlexibleNetwork:
                 self.copy(zeros, training=False)
             except Exception as error:  # noqa: BLE001 - any failure means the same thing
                 raise KerasModelError(
-                    f"model {self.model.name!r} does not run at other input sizes "
+                    f"model {self.name!r} does not run at other input sizes "
                     f"({type(error).__name__}: {str(error).strip().splitlines()[0][:160]}); "
                     "a layer such as Flatten or Reshape may fix the size"
                 ) from None

@@ -185,7 +185,10 @@ def scale_records(
     logits: torch.Tensor, scale: int, size: tuple[int, int], kept: torch.Tensor
 ) -> list[ScaleRecord]:
     """One ScaleRecord per image for the scores ``logits`` (B, K) at one input size."""
-    probability, top1 = torch.softmax(logits.float(), 1).max(1)
+    # top1 from the scores, as the scale rule takes it: near-equal scores can round to
+    # equal probabilities, whose max would name another class.
+    top1 = top1_of(logits)
+    probability = torch.softmax(logits.float(), 1).gather(1, top1[:, None])[:, 0]
     return [
         ScaleRecord(scale, size, int(c), float(p), bool(k))
         for c, p, k in zip(top1.tolist(), probability.tolist(), kept.tolist(), strict=True)
