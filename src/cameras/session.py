@@ -50,8 +50,7 @@ class Session:
         scales: Sequence[int] | None = None,
         rule: str | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self._check_model(model)
         self.model = model
         self.prep = prep
         if class_names is None:
@@ -77,6 +76,16 @@ class Session:
         """A session over ``load_model(name, weights, device)`` (ModelError if it fails)."""
         model, prep, classes = load_model(name, weights=weights, device=device)
         return cls(model, prep, classes, layer=layer, scales=scales, rule=rule)
+
+    # ------------------------------------------------------------------ backend hooks
+    # A session over another kind of model (``cameras.keras.KerasSession``) replaces these.
+
+    def _check_model(self, model: object) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+
+    def _build_method(self, name: str, scales: Sequence[int] | None) -> SaliencyMethod:
+        return build_method(name, self.model, self.layer, scales, self.class_names, self.rule)
 
     # ------------------------------------------------------------------ model facts
 
@@ -125,9 +134,7 @@ class Session:
         else:
             key, chosen = (name, None), None
         if key not in self._methods:
-            self._methods[key] = build_method(
-                name, self.model, self.layer, chosen, self.class_names, self.rule
-            )
+            self._methods[key] = self._build_method(name, chosen)
         return self._methods[key]
 
     # ------------------------------------------------------------------ images
@@ -179,11 +186,12 @@ class Session:
     @staticmethod
     def map_at_image_size(result: Explanation, image: Image.Image, i: int = 0) -> np.ndarray:
         """Image ``i``'s map at the photo's own size: (H, W) float32 in [0, 1], bilinear."""
-        return resize_map(result.maps[i], image.height, image.width)
+        return resize_map(torch.as_tensor(result.maps[i]), image.height, image.width)
 
 
 def top_classes(probabilities: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:
     """The ``k`` most probable classes of one image's (K,) probabilities, as
     (index, probability in [0, 1]), best first."""
-    values, indices = probabilities.float().topk(min(k, probabilities.numel()))
+    probabilities = torch.as_tensor(probabilities).float()  # NumPy from cameras.keras
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
     return list(zip(indices.tolist(), values.tolist(), strict=True))

@@ -101,6 +101,8 @@ def open_session(
     """A Session from --model (or ``name``) / --weights / --device / --layer / --scales;
     the layer is found now, so a bad --layer is a usage error before any work."""
     name = name or args.model
+    if getattr(args, "preprocess", None) or Path(name).suffix.lower() in KERAS_SUFFIXES:
+        return open_keras_session(args, name, option)
     device = pick_device(args.device)
     try:
         session = Session.load(
@@ -117,6 +119,34 @@ def open_session(
         raise usage_error(
             f"{option} {name}: needs the package {error.name}: pip install 'cameras[lite]'"
         ) from None
+    try:
+        session.layer  # noqa: B018 - resolves (and checks) the layer once
+    except ValueError as error:
+        raise usage_error(f"--layer: {error}") from None
+    return session
+
+
+# --model values with these suffixes are Keras model files (cameras.keras).
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def open_keras_session(args: argparse.Namespace, name: str, option: str) -> Session:
+    """A ``cameras.keras.KerasSession`` for a Keras model file, or a one-line usage error."""
+    if not hasattr(args, "preprocess"):
+        raise usage_error(f"{option} {name}: Keras models work with 'cameras explain' only")
+    try:
+        from ..keras import PREPROCESS_MODES, KerasSession
+    except ImportError as error:
+        raise usage_error(f"{option} {name}: {error}") from None
+    if args.preprocess is None:
+        modes = ", ".join(PREPROCESS_MODES)
+        raise usage_error(f"{option} {name}: a Keras model needs --preprocess ({modes})")
+    try:
+        session = KerasSession.load_file(
+            name, args.preprocess, layer=args.layer, scales=args.scales, rule=args.rule
+        )
+    except ModelError as error:
+        raise usage_error(f"{option} {error}") from None
     try:
         session.layer  # noqa: B018 - resolves (and checks) the layer once
     except ValueError as error:

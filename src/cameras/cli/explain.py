@@ -53,6 +53,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     add_model_arguments(parser)
+    parser.add_argument(
+        "--preprocess",
+        choices=["torch", "tf", "caffe", "raw"],
+        help="for a Keras model file (--model PATH.keras): its keras.applications input "
+        "convention; raw passes 0-255 pixels (EfficientNet)",
+    )
     parser.set_defaults(run=run)
 
 

@@ -29,7 +29,7 @@ class Explanation:
     """Saliency maps for a batch.
 
     maps: (B, H, W) float32 in [0, 1], the input batch's height and width, on the
-        input's device.
+        input's device (a NumPy array from ``cameras.keras``, as is ``probabilities``).
     targets: the class explained, per image.
     scales: per image, one ScaleRecord per input size tried (kept or not).
     probabilities: (B, K) softmax of the model's scores at the input's own size.
@@ -77,6 +77,19 @@ class SaliencyMethod:
 
     Subclasses implement ``_explain(capture, x, targets) -> (raw maps, targets, scales,
     probabilities)``; raw maps are (B, H, W) and non-negative, normalised here.
+
+    The backend seam. Per input size a method needs three things from the model: the
+    class scores (B, K), the layer's output A (B, C, h, w) and the gradient of the
+    target's pre-softmax score with respect to A. ``_explain`` asks for them with
+    ``capture.run(x_scaled, targets) -> (ScaleCapture, targets)``, as torch tensors,
+    on the object that ``_open_capture()`` opens for one call; resizing, the scale
+    rule, fusion and normalisation stay here, in PyTorch. A backend for other models
+    (``cameras.keras``: TensorFlow) overrides only these hooks:
+
+    - ``_bind(model, layer) -> (layer name, layer)``: check the model, find the layer;
+    - ``_open_capture()``: the with-block object whose ``run`` gives the three things;
+    - ``_input_batch(x) -> (torch (B, C, H, W) batch, where results go)``;
+    - ``_output(tensor, where)``: a result tensor in the caller's type and place.
     """
 
     name = "base"
@@ -88,10 +101,8 @@ class SaliencyMethod:
         class_names: Sequence[str] | None = None,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
-        self.layer_name, self.layer = resolve_layer(model, layer)
+        self.layer_name, self.layer = self._bind(model, layer)
         if class_names is None:
             from ..models import class_names_for
 
@@ -105,21 +116,36 @@ class SaliencyMethod:
         targets: None (each image's top-1 class), an int or class name (all images),
         or a sequence with one int or name per image.
         """
-        x = check_batch(x)
-        source_device = x.device
-        x = x.to(model_device(self.model))
+        x, source = self._input_batch(x)
         wanted = self._check_targets(targets, x.shape[0])
-        with LayerCapture(self.model, self.layer, self.reshape_transform) as capture:
+        with self._open_capture() as capture:
             maps, used, scales, probabilities = self._explain(capture, x, wanted)
         return Explanation(
-            maps=normalise_maps(maps.float()).to(source_device),
+            maps=self._output(normalise_maps(maps.float()), source),
             targets=[int(t) for t in used],
             scales=scales,
-            probabilities=probabilities.to(source_device),
+            probabilities=self._output(probabilities, source),
             method=self.name,
             layer=self.layer_name,
             class_names=self.class_names,
         )
+
+    # The PyTorch backend. ----------------------------------------------------------
+
+    def _bind(self, model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        return resolve_layer(model, layer)
+
+    def _open_capture(self) -> LayerCapture:
+        return LayerCapture(self.model, self.layer, self.reshape_transform)
+
+    def _input_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.device]:
+        x = check_batch(x)
+        return x.to(model_device(self.model)), x.device
+
+    def _output(self, tensor: torch.Tensor, source: torch.device) -> torch.Tensor:
+        return tensor.to(source)
 
     def _explain(
         self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None
@@ -156,7 +182,10 @@ def scale_records(
     logits: torch.Tensor, scale: int, size: tuple[int, int], kept: torch.Tensor
 ) -> list[ScaleRecord]:
     """One ScaleRecord per image for the scores ``logits`` (B, K) at one input size."""
-    probability, top1 = torch.softmax(logits.float(), 1).max(1)
+    # top1 from the scores, as the scale rule takes it: near-equal scores can round to
+    # equal probabilities, whose max would name another class.
+    top1 = top1_of(logits)
+    probability = torch.softmax(logits.float(), 1).gather(1, top1[:, None])[:, 0]
     return [
         ScaleRecord(scale, size, int(c), float(p), bool(k))
         for c, p, k in zip(top1.tolist(), probability.tolist(), kept.tolist(), strict=True)

@@ -1,0 +1,163 @@
+"""The TensorFlow side of the backend seam: per input size, the class scores, the layer's
+output and the gradient of the target's pre-softmax score with respect to it.
+
+``KerasCapture`` is what the PyTorch ``LayerCapture`` is for torch models: opened for one
+call, then ``run(x, targets) -> (ScaleCapture, targets)`` for each scale. Tensors cross
+the seam as torch tensors in PyTorch's layout ((B, C, h, w)), so resizing, the scale rule,
+fusion and normalisation are the same code for both backends.
+
+Memory: the gradient tape starts at the layer (inside its recorded call), so nothing
+before the layer is taped; the backward pass stops there, as in the PyTorch backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import torch
+
+from ..capture import ScaleCapture
+from .network import FlexibleNetwork, KerasModelError, wrapped_calls
+
+
+def scores_of(output: object) -> tf.Tensor:
+    """The (B, K) class scores from a Keras model's output: a tensor, the first of a list
+    or tuple, or a dict's ``"logits"``."""
+    if isinstance(output, dict) and "logits" in output:
+        output = output["logits"]
+    elif isinstance(output, list | tuple) and output:
+        output = output[0]
+    if not tf.is_tensor(output):
+        raise TypeError(
+            f"the model returned {type(output).__name__}; expected a (B, K) tensor of scores"
+        )
+    if output.shape.rank != 2:
+        raise ValueError(
+            f"the model's class scores have shape {tuple(output.shape)}; expected (B, K)"
+        )
+    return output
+
+
+class KerasCapture:
+    """Records one layer of a ``FlexibleNetwork`` for the duration of a ``with`` block.
+
+    reshape_transform: optional; turns the layer's output (and its gradient), as a torch
+    tensor in Keras's own layout, into (B, C, h, w). Without it a 4-D (B, h, w, C) output
+    is permuted to (B, C, h, w).
+    """
+
+    def __init__(
+        self,
+        network: FlexibleNetwork,
+        layer_name: str,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.network = network
+        self.layer_name = layer_name
+        self.reshape_transform = reshape_transform
+        self._outputs: list[tf.Tensor] = []
+        self._tape: tf.GradientTape | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> KerasCapture:
+        self.network.sync_weights()
+        stack = contextlib.ExitStack()
+        layer = {self.layer_name: self.network.layers[self.layer_name]}
+        stack.enter_context(wrapped_calls(layer, self._record))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._outputs.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _record(self, _name: str, call: Callable) -> Callable:
+        def recording_call(*args, **kwargs):
+            output = call(*args, **kwargs)
+            self._outputs.append(output)
+            if self._tape is None and tf.is_tensor(output):
+                # From here on operations are taped, rooted at the layer's output.
+                self._tape = tf.GradientTape()
+                self._tape.__enter__()
+                self._tape.watch(output)
+            return output
+
+        return recording_call
+
+    def run(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[ScaleCapture, torch.Tensor]:
+        """Forward ``x`` (B, C, h, w), back-propagate the targets' pre-softmax scores to the
+        layer. Returns the capture (torch tensors, CPU) and the (B,) targets used."""
+        if self._stack is None:
+            raise RuntimeError("KerasCapture.run must be called inside its with-block")
+        images = tf.convert_to_tensor(x.detach().cpu().permute(0, 2, 3, 1).numpy())
+        self._outputs, self._tape = [], None
+        try:
+            try:
+                output = self.network.copy(images, training=False)
+            except Exception as error:  # noqa: BLE001 - TensorFlow's errors vary by layer
+                height, width = x.shape[2:]
+                first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+                raise KerasModelError(
+                    f"model {self.network.name!r} does not run at input size "
+                    f"{height}x{width} ({type(error).__name__}: {first}); a layer such as "
+                    "Flatten or Reshape may fix the size"
+                ) from None
+            scores = scores_of(output)
+            if len(self._outputs) != 1:
+                raise RuntimeError(
+                    f"layer {self.layer_name!r} ran {len(self._outputs)} times in one forward "
+                    "pass; pick a layer that runs exactly once"
+                )
+            logits = torch.from_numpy(np.array(scores, dtype=np.float32))
+            if callable(targets):
+                targets = targets(logits)
+            targets = targets.to(torch.long).cpu()
+            num_classes = logits.shape[1]
+            bad = (targets < 0) | (targets >= num_classes)
+            if bad.any():
+                raise ValueError(
+                    f"class {int(targets[bad][0])} is out of range: the model has "
+                    f"{num_classes} classes"
+                )
+            chosen = tf.gather(scores, tf.constant(targets.numpy()[:, None]), batch_dims=1)
+            score = tf.reduce_sum(tf.cast(chosen, tf.float32))
+        finally:
+            tape, self._tape = self._tape, None
+            if tape is not None:
+                tape.__exit__(None, None, None)
+        output = self._outputs[0]
+        if tape is None:
+            raise TypeError(
+                f"layer {self.layer_name!r} returned {type(output).__name__}; pick a layer "
+                "whose output is a tensor"
+            )
+        gradients = tape.gradient(score, output)
+        if gradients is None:
+            raise RuntimeError(
+                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
+                "that feeds the classifier"
+            )
+        activations = self._to_grid(output)
+        return ScaleCapture(logits, activations, self._to_grid(gradients)), targets
+
+    def _to_grid(self, tensor: tf.Tensor) -> torch.Tensor:
+        values = torch.from_numpy(np.array(tensor, dtype=np.float32))
+        if self.reshape_transform is not None:
+            values = self.reshape_transform(values)
+        elif values.dim() == 4:
+            values = values.permute(0, 3, 1, 2)
+        if values.dim() != 4:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives a {tuple(values.shape)} output; a saliency "
+                "map needs (B, h, w, C): pick a convolutional layer or pass reshape_transform"
+            )
+        return values.contiguous()

@@ -1,0 +1,102 @@
+"""Keras model files and the keras.applications input conventions, for the CLI and scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+
+from ..models import imagenet_classes
+from .network import KerasModelError
+
+# keras.applications' preprocess_input modes, on 0-255 RGB pixels:
+#   torch: x / 255, then ImageNet mean / std per channel (DenseNet, ...)
+#   tf:    x / 127.5 - 1 (MobileNet, Inception, Xception, ...)
+#   caffe: RGB -> BGR, then minus the ImageNet BGR mean (ResNet50, VGG)
+#   raw:   0-255 as is, for models that preprocess inside (EfficientNet, ConvNeXt)
+PREPROCESS_MODES = ("torch", "tf", "caffe", "raw")
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def is_keras_file(path: str | Path) -> bool:
+    """Whether a --model value names a Keras model file (by its suffix)."""
+    return Path(path).suffix.lower() in _MODEL_SUFFIXES
+
+
+class KerasPreprocess:
+    """PIL image -> (H, W, 3) float32 array: shorter side ``size`` (aspect kept, bicubic,
+    no crop, as ``cameras.Preprocess``), then the keras.applications convention ``mode``."""
+
+    def __init__(self, size: int, mode: str) -> None:
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess {mode!r}: choose from {', '.join(PREPROCESS_MODES)}")
+        self.size = size
+        self.mode = mode
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        image = image.convert("RGB")
+        width, height = image.size
+        shorter = min(width, height)
+        new_size = (
+            max(1, round(width * self.size / shorter)),
+            max(1, round(height * self.size / shorter)),
+        )
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+        return self.normalise(np.asarray(image, dtype=np.float32))
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """0-255 RGB (..., H, W, 3) -> model input."""
+        if self.mode == "torch":
+            return (pixels / 255.0 - _TORCH_MEAN) / _TORCH_STD
+        if self.mode == "tf":
+            return pixels / 127.5 - 1.0
+        if self.mode == "caffe":
+            return pixels[..., ::-1] - _CAFFE_BGR_MEAN
+        return pixels.copy()
+
+    def __repr__(self) -> str:
+        return f"KerasPreprocess(size={self.size}, mode={self.mode!r})"
+
+
+def load_model(
+    path: str | Path, preprocess: str = "torch", size: int | None = None
+) -> tuple[keras.Model, KerasPreprocess, list[str] | None]:
+    """Load a ``.keras`` (or legacy ``.h5``) model file; returns (model, preprocessing,
+    class names), the same triple as ``cameras.load_model``.
+
+    preprocess: the input convention (see PREPROCESS_MODES). size: the shorter side
+    images are resized to; default the model's own input size, or 224 if flexible.
+    Class names are ImageNet's when the model has 1000 classes. A file that is not a
+    Keras model, or one with a custom layer Keras cannot find, raises KerasModelError
+    with one line that says so.
+    """
+    path = Path(path)
+    KerasPreprocess(1, preprocess)  # check the mode before the (slow) load
+    if not path.is_file():
+        raise KerasModelError(f"{path}: no such file")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for bad files
+        raise KerasModelError(_load_error(path, error)) from None
+    if not isinstance(model, keras.Model):
+        raise KerasModelError(f"{path}: holds a {type(model).__name__}, not a keras.Model")
+    height, width = tuple(model.inputs[0].shape)[1:3] if model.inputs else (None, None)
+    if size is None:
+        size = min(height, width) if height and width else 224
+    classes = imagenet_classes() if model.outputs and model.outputs[0].shape[-1] == 1000 else None
+    return model, KerasPreprocess(size, preprocess), classes
+
+
+def _load_error(path: Path, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    if "Could not locate" in text or "Unknown layer" in text or "custom" in text.lower():
+        return (
+            f"{path}: uses a custom layer or function Keras cannot load ({text[:160]}); "
+            "register it with @keras.saving.register_keras_serializable and load it in Python"
+        )
+    return f"{path}: not a Keras model file ({type(error).__name__}: {text[:160]})"
