@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstalls whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,web]'
+	$(BIN)/python -m pip install -q -e '.[dev,web,ray]'
 	touch $@
 
 demo: $(VENV)/.installed

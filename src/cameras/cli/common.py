@@ -88,3 +88,64 @@ def parse_class(text: str | None, method: SaliencyMethod) -> int | None:
         return method.class_index(int(text) if text.strip().lstrip("-").isdigit() else text)
     except (ValueError, TypeError) as error:
         raise usage_error(f"--class {text}: {error}") from None
+
+
+def add_scale_out_arguments(
+    parser: argparse.ArgumentParser, batch_size: int | None, workers_help: str
+) -> None:
+    """--ray [ADDRESS], --workers N and (when batch_size is given) --batch-size N."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        type=ray_address,
+        metavar="ADDRESS",
+        help="run on Ray (pip install 'cameras[ray]'): no ADDRESS starts a local Ray for "
+        "this run; 'auto' or ray://HOST:PORT joins that cluster",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"{workers_help} (default: 2); with --ray, model actors (default: one per GPU, "
+        "or one per machine without GPUs)",
+    )
+    if batch_size is not None:
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=batch_size,
+            help="same-size images per forward pass (default: %(default)s)",
+        )
+
+
+def ray_address(text: str) -> str:
+    """--ray's value: 'local', 'auto', ray://HOST:PORT or HOST:PORT (checked, not joined)."""
+    from ..distributed import check_address
+
+    try:
+        return check_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def check_scale_out(args: argparse.Namespace) -> str | None:
+    """Check --ray / --workers / --batch-size; returns the Ray address or None (no Ray).
+
+    Without Ray installed, --ray is a usage error that says how to install it."""
+    if args.batch_size < 1:
+        raise usage_error(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.ray is None:
+        if args.workers is None:
+            args.workers = 2
+        if args.workers < 0:
+            raise usage_error(f"--workers {args.workers}: must be 0 or more")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise usage_error(f"--workers {args.workers}: with --ray, must be at least 1")
+    from ..distributed import RayUnavailable, require_ray
+
+    try:
+        require_ray()
+    except (RayUnavailable, ValueError) as error:
+        raise usage_error(f"--ray: {error}") from None
+    return args.ray

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,10 +22,8 @@ from ..evaluation import (
     METRICS,
     EvalSettings,
     Evaluator,
-    RecordDataset,
     ResultStore,
     ResumeError,
-    collate_items,
     plot_curves,
     settings_record,
     summarise,
@@ -32,7 +31,16 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from .common import add_model_arguments, open_model, parse_scales, split_names, usage_error
+from ..pipeline import evaluate_local, save_records
+from .common import (
+    add_model_arguments,
+    add_scale_out_arguments,
+    check_scale_out,
+    open_model,
+    parse_scales,
+    split_names,
+    usage_error,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -90,9 +98,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=16, help="images per forward pass (default: 16)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=2, help="image-loading processes (default: 2; 0: none)"
-    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument(
         "--out", type=Path, default=Path("cameras-eval"), help="default: %(default)s"
@@ -101,12 +106,15 @@ def add_parser(subparsers) -> None:
         "--resume", action="store_true", help="continue the run in --out, skipping finished images"
     )
     add_model_arguments(parser)
+    add_scale_out_arguments(parser, batch_size=None, workers_help="image-loading processes")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 0:
-        raise usage_error(f"--workers {args.workers}: must be 0 or more")
+    ray_address = check_scale_out(args)
+    actor_device = args.device
+    if ray_address is not None:
+        args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     if args.limit is not None and args.limit < 1:
         raise usage_error(f"--limit {args.limit}: must be at least 1")
     try:
@@ -154,7 +162,19 @@ def run(args: argparse.Namespace) -> int:
             f"resuming: {len(records) - len(todo)} of {len(records)} images already done",
             file=sys.stderr,
         )
-    failures += _evaluate(todo, prep, evaluator, store, args.workers)
+    if ray_address is not None:
+        from ..distributed import EvaluateJob, evaluate_ray
+
+        job = EvaluateJob(
+            model=args.model,
+            weights=_path(args),
+            device=actor_device,
+            settings=replace(settings, layer=evaluator.layer),
+        )
+        stream = evaluate_ray(todo, job, prep, ray_address, args.workers, args.batch_size)
+    else:
+        stream = evaluate_local(todo, prep, evaluator, args.workers, args.batch_size)
+    failures += _save(stream, store, len(todo))
     rows = store.rows()
     summaries = summarise(rows, settings.methods, settings.metrics)
     table = summary_markdown(summaries)
@@ -168,34 +188,24 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _evaluate(records, prep, evaluator: Evaluator, store: ResultStore, workers: int) -> int:
-    """Score the records, writing each as it finishes; returns how many had problems."""
-    if not records:
+def _save(stream, store: ResultStore, total: int) -> int:
+    """Store each record's rows as it finishes, printing its problems; returns how many
+    records had problems."""
+    if not total:
         return 0
-    loader = torch.utils.data.DataLoader(
-        RecordDataset(records, prep),
-        batch_size=1,
-        num_workers=workers,
-        collate_fn=collate_items,
-    )
-    failures = 0
-    progress = tqdm(total=len(records), desc="evaluate", unit="image", file=sys.stderr)
+    progress = tqdm(total=total, desc="evaluate", unit="image", file=sys.stderr)
+
+    def report(item, rows) -> None:
+        for problem in item.problems:
+            tqdm.write(f"warning: {item.record.file}: {problem} (skipped)", file=sys.stderr)
+        if item.error is not None:
+            tqdm.write(f"error: {item.error} (record skipped)", file=sys.stderr)
+        progress.update(1)
+
     try:
-        for (item,) in loader:
-            name = item.record.file
-            for problem in item.problems:
-                store.problem(f"{name}: {problem}")
-                tqdm.write(f"warning: {name}: {problem} (skipped)", file=sys.stderr)
-            if item.error is not None:
-                store.problem(f"{item.error} (record skipped)")
-                tqdm.write(f"error: {item.error} (record skipped)", file=sys.stderr)
-            else:
-                store.add(item.record.key, evaluator([item]))
-            failures += bool(item.problems) or item.error is not None
-            progress.update(1)
+        return save_records(stream, store, report)
     finally:
         progress.close()
-    return failures
 
 
 def _num_classes(model, classes) -> int | None:

@@ -6,15 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from ..images import ImageError, load_image, resize_map
-from ..viz import overlay
+from ..pipeline import ImageWriter, explain_local, image_tasks, save_explanations
 from .common import (
     add_model_arguments,
+    add_scale_out_arguments,
     build_method,
+    check_scale_out,
     gather_images,
     open_model,
     parse_class,
@@ -40,6 +39,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     add_model_arguments(parser)
+    add_scale_out_arguments(parser, batch_size=1, workers_help="image-decoding processes")
     parser.set_defaults(run=run)
 
 
@@ -56,19 +56,12 @@ def check_output_folder(out: Path, inputs: list[str]) -> None:
 
 def output_stems(images: list[Path]) -> list[str]:
     """<stem> per image, with -2, -3, ... added when two inputs share a stem."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in images:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
+    return [task.stem for task in image_tasks(images)]
 
 
-def format_top5(probabilities: torch.Tensor, classes: list[str] | None) -> str:
-    values, indices = probabilities.topk(min(5, probabilities.numel()))
+def format_top5(top5: list[tuple[int, float]], classes: list[str] | None) -> str:
     parts = []
-    for p, i in zip(values.tolist(), indices.tolist(), strict=True):
+    for i, p in top5:
         name = classes[i] if classes else str(i)
         parts.append(f"{name} ({i}) {p:.3f}")
     return ", ".join(parts)
@@ -78,36 +71,50 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise usage_error(f"--alpha {args.alpha}: must be between 0 and 1")
     check_output_folder(args.out, args.paths)
+    ray_address = check_scale_out(args)
+    actor_device = args.device
+    if ray_address is not None:
+        args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     model, prep, classes = open_model(args)
     method = build_method(args.method, model, classes, args.layer, args.scales)
     target = parse_class(args.target, method)
     images, failures = gather_images(args.paths, args.out)
-    inputs = {p.resolve() for p in images}
+    tasks = image_tasks(images)
+    if ray_address is not None:
+        from ..distributed import ExplainJob, explain_ray
+
+        job = ExplainJob(
+            model=args.model,
+            weights=str(args.weights) if args.weights else None,
+            device=actor_device,
+            method=args.method,
+            layer=method.layer_name,
+            scales=tuple(args.scales) if args.scales else None,
+            target=target,
+            cmap=args.cmap,
+            alpha=args.alpha,
+        )
+        stream = explain_ray(tasks, job, prep, ray_address, args.workers, args.batch_size)
+    else:
+        stream = explain_local(tasks, method, prep, target, args.workers, args.batch_size)
     progress = tqdm(
-        list(zip(images, output_stems(images), strict=True)),
-        desc="explain",
-        unit="image",
-        disable=len(images) < 2,
-        file=sys.stderr,
+        total=len(tasks), desc="explain", unit="image", disable=len(tasks) < 2, file=sys.stderr
     )
-    for path, stem in progress:
-        try:
-            image = load_image(path)
-            result = method(prep(image)[None], targets=target)
-            saliency = resize_map(result.maps[0], image.height, image.width)
-            base = args.out / f"{stem}_{method.name}"
-            png, npy = base.with_suffix(".png"), base.with_suffix(".npy")
-            if png.resolve() in inputs or npy.resolve() in inputs:
-                raise ImageError(f"{path}: output {png.name} would overwrite an input; use --out")
-            overlay(image, saliency, args.cmap, args.alpha).save(png)
-            np.save(npy, saliency)
-        except ImageError as error:
-            failures += 1
+
+    def report(result, png, error) -> None:
+        progress.update(1)
+        if error is not None:
             tqdm.write(f"error: {error}", file=sys.stderr)
-            continue
-        chosen = result.targets[0]
-        name = classes[chosen] if classes else str(chosen)
-        kept = [s.scale for s in result.scales[0] if s.kept]
-        tqdm.write(f"{path}: top-5: {format_top5(result.probabilities[0], classes)}")
-        tqdm.write(f"  {method.name} map for {name} ({chosen}), scales kept {kept} -> {png}")
+            return
+        name = classes[result.target] if classes else str(result.target)
+        tqdm.write(f"{result.task.path}: top-5: {format_top5(result.top5, classes)}")
+        kept = result.kept
+        tqdm.write(f"  {method.name} map for {name} ({result.target}), scales kept {kept} -> {png}")
+
+    try:
+        failures += save_explanations(
+            stream, ImageWriter(args.out, method.name, images), args.cmap, args.alpha, report
+        )
+    finally:
+        progress.close()
     return 1 if failures else 0
