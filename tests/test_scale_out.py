@@ -431,3 +431,14 @@ def test_resume_on_ray_after_the_driver_stops(eval_data, eval_reference, tmp_pat
     assert main(argv + ["--resume", "--ray"]) == 0
     assert len(asked) == 3 and finished[0] not in asked
     assert_same_rows(read_rows(out / "results.csv"), eval_reference)
+
+
+def test_pool_plan_one_actor_per_gpu_or_per_machine():
+    from cameras.distributed import PoolPlan, plan_pool
+
+    gpus = {"CPU": 64.0, "GPU": 8.0}
+    assert plan_pool(gpus, 2, None, "auto") == PoolPlan(8, 1.0, None)
+    assert plan_pool(gpus, 2, 3, "auto") == PoolPlan(3, 1.0, None)
+    assert plan_pool(gpus, 2, None, "cpu") == PoolPlan(2, 0.0, 32)  # --device cpu: no GPUs
+    assert plan_pool({"CPU": 12.0}, 3, None, "auto") == PoolPlan(3, 0.0, 4)
+    assert plan_pool({"CPU": 2.0}, 1, None, "auto", max_threads=1) == PoolPlan(1, 0.0, 1)

@@ -200,15 +200,18 @@ class PoolPlan:
     threads_per_actor: int | None  # CPU actors share the cores; None: Ray's default
 
 
-def plan_pool(resources: dict, nodes: int, workers: int | None, device: str) -> PoolPlan:
+def plan_pool(
+    resources: dict, nodes: int, workers: int | None, device: str, max_threads: int | None = None
+) -> PoolPlan:
     """One actor per GPU when the cluster has GPUs (unless --device cpu), otherwise one
-    per machine using its cores; ``workers`` overrides the count."""
+    per machine using its share of the cores (at most ``max_threads`` torch threads);
+    ``workers`` overrides the count."""
     gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
     actors = workers or (gpus if gpus else max(1, nodes))
     if gpus:
         return PoolPlan(actors, 1.0, None)
-    cpus = int(resources.get("CPU", 1))
-    return PoolPlan(actors, 0.0, max(1, cpus // actors))
+    threads = max(1, int(resources.get("CPU", 1)) // actors)
+    return PoolPlan(actors, 0.0, min(threads, max_threads) if max_threads else threads)
 
 
 def stream_ray(
@@ -228,21 +231,30 @@ def stream_ray(
     Raises RuntimeError if Ray returns fewer results than tasks.
     """
     started = connect(address)
+    # On this machine, actors use no more threads than this process would (a user's
+    # OMP_NUM_THREADS / torch setting holds); on a cluster, each machine's cores.
+    max_threads = torch_threads() if address == "local" else None
     try:
-        yield from _stream(tasks, load, job, workers, batch_size, finish, device)
+        yield from _stream(tasks, load, job, workers, batch_size, finish, device, max_threads)
     finally:
         if started:
             require_ray().shutdown()
 
 
-def _stream(tasks, load, job, workers, batch_size, finish, device) -> Iterator:
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) -> Iterator:
     if not tasks:
         return
     ray = require_ray()
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # results arrive in input order
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    plan = plan_pool(ray.cluster_resources(), nodes, workers, device)
+    plan = plan_pool(ray.cluster_resources(), nodes, workers, device, max_threads)
     rows = [_row(index, task) for index, task in enumerate(tasks)]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
     dataset = dataset.map(_MapPayload(load))
@@ -254,8 +266,8 @@ def _stream(tasks, load, job, workers, batch_size, finish, device) -> Iterator:
         concurrency=plan.actors,
         num_gpus=plan.gpus_per_actor,
         num_cpus=1 if not plan.gpus_per_actor else None,
-        max_restarts=-1,  # a dead actor is replaced ...
-        max_task_retries=-1,  # ... and its unfinished batches are run again
+        # Ray Data's defaults for actor pools (max_restarts=-1, max_task_retries=-1) are
+        # what we rely on: a dead actor is replaced and its unfinished batches run again.
     )
     if finish is not None:
         dataset = dataset.map(_MapPayload(finish))
