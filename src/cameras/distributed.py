@@ -50,6 +50,11 @@ class RayUnavailable(RuntimeError):
     """Ray (with Ray Data) is not installed; the message says how to install it."""
 
 
+class RayJobError(RuntimeError):
+    """The Ray job failed (a model that cannot load on a worker, a lost cluster...);
+    the message is the cause's last line."""
+
+
 def require_ray():
     """The ``ray`` module, or RayUnavailable saying how to install it."""
     try:
@@ -137,12 +142,19 @@ def _row(index: int, value: object) -> dict:
 
 
 class _MapPayload:
-    """A row stage: payload -> function(payload) (decoding, rendering)."""
+    """A row stage: payload -> function(payload) (decoding, rendering).
 
-    def __init__(self, function: Callable) -> None:
+    folder: the driver's working folder; where it exists (this machine, or a cluster whose
+    machines share it) the stage runs there, so relative paths mean what they meant to
+    the user and messages name files as the user wrote them."""
+
+    def __init__(self, function: Callable, folder: str | None = None) -> None:
         self.function = function
+        self.folder = folder
 
     def __call__(self, row: dict) -> dict:
+        if self.folder and os.path.isdir(self.folder) and os.getcwd() != self.folder:
+            os.chdir(self.folder)
         return _row(int(row["index"]), self.function(pickle.loads(row["payload"])))
 
 
@@ -256,8 +268,10 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     plan = plan_pool(ray.cluster_resources(), nodes, workers, device, max_threads)
     rows = [_row(index, task) for index, task in enumerate(tasks)]
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
-    dataset = dataset.map(_MapPayload(load))
+    # Blocks are the decoding tasks' unit: about a batch each, at most 1000 in all.
+    blocks = max(1, min(len(rows) // batch_size, 1000))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    dataset = dataset.map(_MapPayload(load, os.getcwd()))
     dataset = dataset.map_batches(
         ModelActor,
         fn_constructor_args=(job, batch_size, plan.threads_per_actor),
@@ -273,7 +287,15 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
         dataset = dataset.map(_MapPayload(finish))
     waiting: dict[int, object] = {}
     following = 0
-    for row in dataset.iter_rows():
+    rows_back = dataset.iter_rows()
+    while True:
+        try:
+            row = next(rows_back)
+        except StopIteration:
+            break
+        except ray.exceptions.RayError as error:
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            raise RayJobError(f"the Ray job failed: {lines[-1] if lines else error}") from None
         index = int(row["index"])
         if index < following or index in waiting:
             continue  # a repeat (a retried batch): the first result stands
@@ -282,7 +304,7 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
             yield waiting.pop(following)
             following += 1
     if following != len(tasks):
-        raise RuntimeError(f"Ray returned results for {following} of {len(tasks)} inputs")
+        raise RayJobError(f"Ray returned results for {following} of {len(tasks)} inputs")
 
 
 # --------------------------------------------------------------------------------------

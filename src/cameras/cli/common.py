@@ -149,3 +149,12 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
     except (RayUnavailable, ValueError) as error:
         raise usage_error(f"--ray: {error}") from None
     return args.ray
+
+
+def raise_ray_failure(error: RuntimeError):
+    """A failed Ray job as one line (exit 2); any other RuntimeError as it is."""
+    from ..distributed import RayJobError
+
+    if isinstance(error, RayJobError):
+        raise usage_error(str(error)) from None
+    raise error

@@ -38,6 +38,7 @@ from .common import (
     check_scale_out,
     open_model,
     parse_scales,
+    raise_ray_failure,
     split_names,
     usage_error,
 )
@@ -204,6 +205,8 @@ def _save(stream, store: ResultStore, total: int) -> int:
 
     try:
         return save_records(stream, store, report)
+    except RuntimeError as error:
+        raise_ray_failure(error)
     finally:
         progress.close()
 

@@ -18,6 +18,7 @@ from .common import (
     open_model,
     parse_class,
     parse_scales,
+    raise_ray_failure,
     usage_error,
 )
 
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         failures += save_explanations(
             stream, ImageWriter(args.out, method.name, images), args.cmap, args.alpha, report
         )
+    except RuntimeError as error:
+        raise_ray_failure(error)
     finally:
         progress.close()
     return 1 if failures else 0
