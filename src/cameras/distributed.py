@@ -22,6 +22,7 @@ only when a run asks for it.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -265,6 +266,8 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
     ray = require_ray()
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # results arrive in input order
+    context.enable_progress_bars = False  # the command prints its own progress
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     plan = plan_pool(ray.cluster_resources(), nodes, workers, device, max_threads)
     rows = [_row(index, task) for index, task in enumerate(tasks)]
@@ -277,7 +280,7 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
         fn_constructor_args=(job, batch_size, plan.threads_per_actor),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=plan.actors,
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_gpus=plan.gpus_per_actor,
         num_cpus=1 if not plan.gpus_per_actor else None,
         # Ray Data's defaults for actor pools (max_restarts=-1, max_task_retries=-1) are
@@ -287,7 +290,7 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
         dataset = dataset.map(_MapPayload(finish))
     waiting: dict[int, object] = {}
     following = 0
-    rows_back = dataset.iter_rows()
+    rows_back = iter(dataset.iter_rows())
     while True:
         try:
             row = next(rows_back)
