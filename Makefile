@@ -14,7 +14,7 @@ $(BIN)/python:
 # Everything the tests need, at the exact versions of constraints.txt; reinstalls whenever
 # pyproject.toml or constraints.txt changes.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,keras]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,keras,ray]'
 	touch $@
 
 # The demo: the core (what `cameras explain` needs) and the eval extra, whose

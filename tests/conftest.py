@@ -60,3 +60,15 @@ def coffee() -> Image.Image:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) shared by every Ray test; skipped without Ray."""
+    ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'cameras[ray]'")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

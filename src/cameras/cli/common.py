@@ -214,13 +214,9 @@ def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
 
 def output_stems(images: list[Path]) -> list[str]:
     """<stem> per image, with -2, -3, ... added when two inputs share a stem."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in images:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
+    from ..pipeline import image_tasks
+
+    return [task.stem for task in image_tasks(images)]
 
 
 def refuse_overwrite(path: Path, inputs: set[Path], source: Path) -> None:
@@ -254,3 +250,72 @@ def add_rule_argument(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_RULE} without --class, all with it)",
     )
 
+
+def add_scale_out_arguments(
+    parser: argparse.ArgumentParser, batch_size: int | None, workers_help: str
+) -> None:
+    """--ray [ADDRESS], --workers N and (when batch_size is given) --batch-size N."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        type=ray_address,
+        metavar="ADDRESS",
+        help="run on Ray (pip install 'cameras[ray]'): no ADDRESS starts a local Ray for "
+        "this run; 'auto' or ray://HOST:PORT joins that cluster",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"{workers_help} (default: 2); with --ray, model actors (default: one per GPU, "
+        "or one per machine without GPUs)",
+    )
+    if batch_size is not None:
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=batch_size,
+            help="same-size images per forward pass (default: %(default)s)",
+        )
+
+
+def ray_address(text: str) -> str:
+    """--ray's value: 'local', 'auto', ray://HOST:PORT or HOST:PORT (checked, not joined)."""
+    from ..distributed import check_address
+
+    try:
+        return check_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def check_scale_out(args: argparse.Namespace) -> str | None:
+    """Check --ray / --workers / --batch-size; returns the Ray address or None (no Ray).
+
+    Without Ray installed, --ray is a usage error that says how to install it."""
+    if args.batch_size < 1:
+        raise usage_error(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.ray is None:
+        if args.workers is None:
+            args.workers = 2
+        if args.workers < 0:
+            raise usage_error(f"--workers {args.workers}: must be 0 or more")
+        return None
+    if args.workers is not None and args.workers < 1:
+        raise usage_error(f"--workers {args.workers}: with --ray, must be at least 1")
+    from ..distributed import RayUnavailable, require_ray
+
+    try:
+        require_ray()
+    except (RayUnavailable, ValueError) as error:
+        raise usage_error(f"--ray: {error}") from None
+    return args.ray
+
+
+def raise_ray_failure(error: RuntimeError):
+    """A failed Ray job as one line (exit 2); any other RuntimeError as it is."""
+    from ..distributed import RayJobError
+
+    if isinstance(error, RayJobError):
+        raise usage_error(str(error)) from None
+    raise error

@@ -13,18 +13,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from ..datasets import AnnotationError, ClassResolver, load_class_map, read_annotations
 from ..evaluation import (
     DEFAULT_METHODS,
     METRICS,
     EvalSettings,
     Evaluator,
-    RecordDataset,
     ResultStore,
     ResumeError,
-    collate_items,
     plot_curves,
     settings_record,
     summarise,
@@ -32,13 +28,17 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
+from ..pipeline import evaluate_local, save_records
 from .common import (
     add_model_arguments,
     add_out_argument,
+    add_scale_out_arguments,
+    check_scale_out,
     note,
     open_session,
     parse_scales,
     progress_bar,
+    raise_ray_failure,
     require_extra,
     split_names,
     usage_error,
@@ -105,9 +105,6 @@ def add_parser(subparsers) -> None:
         "--batch-size", type=int, default=16, help="images per forward pass (default: 16)"
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="image-loading processes (default: 2; 0: none)"
-    )
-    parser.add_argument(
         "--limit", type=int, help="evaluate only the first N records (default: all)"
     )
     add_out_argument(parser)
@@ -117,13 +114,16 @@ def add_parser(subparsers) -> None:
         help="continue the run in --out, skipping finished images (default: start afresh)",
     )
     add_model_arguments(parser)
+    add_scale_out_arguments(parser, batch_size=None, workers_help="image-loading processes")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     require_extra("scipy", "eval", "evaluate")
-    if args.workers < 0:
-        raise usage_error(f"--workers {args.workers}: must be 0 or more")
+    ray_address = check_scale_out(args)
+    actor_device = args.device
+    if ray_address is not None:
+        args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     if args.limit is not None and args.limit < 1:
         raise usage_error(f"--limit {args.limit}: must be at least 1")
     try:
@@ -172,7 +172,19 @@ def run(args: argparse.Namespace) -> int:
             f"resuming: {len(records) - len(todo)} of {len(records)} images already done",
             file=sys.stderr,
         )
-    failures += _evaluate(todo, prep, evaluator, store, args.workers)
+    if ray_address is not None:
+        from ..distributed import EvaluateJob, evaluate_ray
+
+        job = EvaluateJob(
+            model=args.model,
+            weights=_path(args),
+            device=actor_device,
+            settings=replace(settings, layer=evaluator.layer),
+        )
+        stream = evaluate_ray(todo, job, prep, ray_address, args.workers, args.batch_size)
+    else:
+        stream = evaluate_local(todo, prep, evaluator, args.workers, args.batch_size)
+    failures += _save(stream, store, len(todo))
     rows = store.rows()
     summaries = summarise(rows, settings.methods, settings.metrics)
     table = summary_markdown(summaries)
@@ -186,34 +198,26 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _evaluate(records, prep, evaluator: Evaluator, store: ResultStore, workers: int) -> int:
-    """Score the records, writing each as it finishes; returns how many had problems."""
-    if not records:
+def _save(stream, store: ResultStore, total: int) -> int:
+    """Store each record's rows as it finishes (``pipeline.save_records``), printing its
+    problems; returns how many records had problems."""
+    if not total:
         return 0
-    loader = torch.utils.data.DataLoader(
-        RecordDataset(records, prep),
-        batch_size=1,
-        num_workers=workers,
-        collate_fn=collate_items,
-    )
-    failures = 0
-    progress = progress_bar(total=len(records), desc="evaluate", unit="image")
+    progress = progress_bar(total=total, desc="evaluate", unit="image")
+
+    def report(item, rows) -> None:
+        for problem in item.problems:
+            note(f"warning: {item.record.file}: {problem} (skipped)", error=True)
+        if item.error is not None:
+            note(f"error: {item.error} (record skipped)", error=True)
+        progress.update(1)
+
     try:
-        for (item,) in loader:
-            name = item.record.file
-            for problem in item.problems:
-                store.problem(f"{name}: {problem}")
-                note(f"warning: {name}: {problem} (skipped)", error=True)
-            if item.error is not None:
-                store.problem(f"{item.error} (record skipped)")
-                note(f"error: {item.error} (record skipped)", error=True)
-            else:
-                store.add(item.record.key, evaluator([item]))
-            failures += bool(item.problems) or item.error is not None
-            progress.update(1)
+        return save_records(stream, store, report)
+    except RuntimeError as error:
+        raise_ray_failure(error)
     finally:
         progress.close()
-    return failures
 
 
 def _path(args) -> str | None:

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..images import ImageError
-from ..session import top_classes
-from ..viz import save_map
+from ..pipeline import ImageWriter, explain_local, image_tasks, save_explanations
 from .common import (
     add_model_arguments,
     add_out_argument,
     add_rule_argument,
+    add_scale_out_arguments,
     check_output_folder,
+    check_scale_out,
     gather_images,
     method_of,
     note,
     open_session,
-    output_stems,
     parse_class,
     parse_methods,
     parse_scales,
     progress_bar,
-    refuse_overwrite,
+    raise_ray_failure,
     usage_error,
 )
 
@@ -59,13 +57,8 @@ def add_parser(subparsers) -> None:
         help="for a Keras model file (--model PATH.keras): its keras.applications input "
         "convention; raw passes 0-255 pixels (EfficientNet)",
     )
+    add_scale_out_arguments(parser, batch_size=1, workers_help="image-decoding processes")
     parser.set_defaults(run=run)
-
-
-def output_base(out: Path, stem: str, method: str, target: int | None) -> Path:
-    """OUT/<stem>_<method> for the top-1 map, OUT/<stem>_<method>_class<C> for class C."""
-    suffix = "" if target is None else f"_class{target}"
-    return out / f"{stem}_{method}{suffix}"
 
 
 def format_top5(pairs: list[tuple[int, float]], session) -> str:
@@ -77,31 +70,53 @@ def run(args: argparse.Namespace) -> int:
         raise usage_error(f"--alpha {args.alpha}: must be between 0 and 1")
     parse_methods("--method", [args.method])
     check_output_folder(args.out, args.paths)
+    ray_address = check_scale_out(args)
+    actor_device = args.device
+    if ray_address is not None:
+        if args.preprocess is not None:
+            raise usage_error("--ray: Keras models run without --ray")
+        args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     session = open_session(args)
     method = method_of(session, args.method)
     target = parse_class("--class", args.target, session)
     images, failures = gather_images(args.paths, args.out)
-    inputs = {p.resolve() for p in images}
-    pairs = list(zip(images, output_stems(images), strict=True))
-    for path, stem in progress_bar(pairs, desc="explain", unit="image", disable=len(images) < 2):
-        base = output_base(args.out, stem, method.name, target)
-        png, npy = base.with_suffix(".png"), base.with_suffix(".npy")
-        try:
-            refuse_overwrite(png, inputs, path)
-            refuse_overwrite(npy, inputs, path)
-            image, x = session.open(path)
-            result = method(x, targets=target)
-            saliency = session.map_at_image_size(result, image)
-            save_map(image, saliency, png, npy, args.cmap, args.alpha)
-        except ImageError as error:
-            failures += 1
+    tasks = image_tasks(images)
+    if ray_address is not None:
+        from ..distributed import ExplainJob, explain_ray
+
+        job = ExplainJob(
+            model=args.model,
+            weights=str(args.weights) if args.weights else None,
+            device=actor_device,
+            method=args.method,
+            layer=method.layer_name,
+            scales=tuple(args.scales) if args.scales else None,
+            target=target,
+            cmap=args.cmap,
+            alpha=args.alpha,
+            rule=args.rule,
+        )
+        stream = explain_ray(tasks, job, session.prep, ray_address, args.workers, args.batch_size)
+    else:
+        stream = explain_local(tasks, method, session.prep, target, args.workers, args.batch_size)
+    progress = progress_bar(total=len(tasks), desc="explain", unit="image", disable=len(tasks) < 2)
+
+    def report(result, png, error) -> None:
+        progress.update(1)
+        if error is not None:
             note(f"error: {error}", error=True)
-            continue
-        chosen = result.targets[0]
-        kept = [s.scale for s in result.scales[0] if s.kept]
-        top5 = top_classes(result.probabilities[0], 5)
-        note(f"{path}: top-5: {format_top5(top5, session)}")
-        note(f"  {method.name} map for {session.class_label(chosen)}, scales kept {kept} -> {png}")
-        if result.scale_warnings[0]:
-            note(f"  warning: {result.scale_warnings[0]}", error=True)
+            return
+        note(f"{result.task.path}: top-5: {format_top5(result.top5, session)}")
+        label = session.class_label(result.target)
+        note(f"  {method.name} map for {label}, scales kept {result.kept} -> {png}")
+        if result.warning:
+            note(f"  warning: {result.warning}", error=True)
+
+    writer = ImageWriter(args.out, method.name, images, target)
+    try:
+        failures += save_explanations(stream, writer, args.cmap, args.alpha, report)
+    except RuntimeError as error:
+        raise_ray_failure(error)
+    finally:
+        progress.close()
     return 1 if failures else 0
