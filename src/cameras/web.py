@@ -145,9 +145,7 @@ def explain_photo(
         kept = [s.scale for s in explanation.scales[0] if s.kept]
         chosen = explanation.targets[0]
         warning = explanation.scale_warnings[0]
-        results.append(
-            MapResult(name, saliency, chosen, session.class_name(chosen), kept, warning)
-        )
+        results.append(MapResult(name, saliency, chosen, session.class_name(chosen), kept, warning))
     return results
 
 
