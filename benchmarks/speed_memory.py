@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from rounds import best_of_rounds, device_name, print_variants
 
 SCALES = list(range(224, 925, 100))
 
@@ -113,41 +112,12 @@ def main() -> None:
         child(args.child, args.device, args.repeats)
         return
     variants = ["floor", "cameras", "authors"]
-    best: dict[str, dict] = {}
-    for round_index in range(args.rounds):
-        for variant in variants:
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                variant,
-                "--device",
-                args.device,
-                "--repeats",
-                str(args.repeats),
-            ]
-            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            result = json.loads(line.strip().splitlines()[-1])
-            print(f"round {round_index + 1} {variant:8s} {result}", file=sys.stderr)
-            kept = best.setdefault(variant, result)
-            kept["time"] = min(kept["time"], result["time"])
-            kept["rss_mib"] = max(kept["rss_mib"], result["rss_mib"])
-    device_name = (
-        torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
+    best = best_of_rounds(__file__, variants, args.device, args.repeats, args.rounds)
     print(
-        f"ResNet-50, 224x224 input, scales {SCALES[0]}..{SCALES[-1]} ({len(SCALES)}), {device_name}"
+        f"ResNet-50, 224x224 input, scales {SCALES[0]}..{SCALES[-1]} ({len(SCALES)}), "
+        f"{device_name(args.device)}"
     )
-    print(
-        f"{'variant':10s} {'time s':>8s} {'peak RSS MiB':>13s}"
-        + ("  peak GPU MiB" if args.device == "cuda" else "")
-    )
-    for variant in variants:
-        r = best[variant]
-        gpu = f"  {r['gpu_mib']:12.0f}" if r["gpu_mib"] is not None else ""
-        print(f"{variant:10s} {r['time']:8.3f} {r['rss_mib']:13.0f}{gpu}")
+    print_variants(best, variants, args.device)
     f, c, a = best["floor"], best["cameras"], best["authors"]
     print(f"cameras time / floor time      = {c['time'] / f['time']:.2f}  (target <= 1.30)")
     print(f"cameras peak RSS / floor's     = {c['rss_mib'] / f['rss_mib']:.2f}  (target <= 1.20)")

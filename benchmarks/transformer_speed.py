@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 
 import timm
 import torch
+from rounds import best_of_rounds, device_name, print_variants
 
 from cameras.methods.cameras import default_scales, resize_to_scale
 from cameras.tokens import any_input_size
@@ -88,42 +87,12 @@ def main() -> None:
         child(args.child, args.device, args.repeats)
         return
     variants = ["floor", "cameras"]
-    best: dict[str, dict] = {}
-    for round_index in range(args.rounds):
-        for variant in variants:
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                variant,
-                "--device",
-                args.device,
-                "--repeats",
-                str(args.repeats),
-            ]
-            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            result = json.loads(line.strip().splitlines()[-1])
-            print(f"round {round_index + 1} {variant:8s} {result}", file=sys.stderr)
-            kept = best.setdefault(variant, result)
-            kept["time"] = min(kept["time"], result["time"])
-            kept["rss_mib"] = max(kept["rss_mib"], result["rss_mib"])
-    device_name = (
-        torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
+    best = best_of_rounds(__file__, variants, args.device, args.repeats, args.rounds)
     print(
         f"ViT-S/16, {SIZE}x{SIZE} input, scales {SCALES[0]}..{SCALES[-1]} ({len(SCALES)}), "
-        f"{device_name}"
+        f"{device_name(args.device)}"
     )
-    print(
-        f"{'variant':10s} {'time s':>8s} {'peak RSS MiB':>13s}"
-        + ("  peak GPU MiB" if args.device == "cuda" else "")
-    )
-    for variant in variants:
-        r = best[variant]
-        gpu = f"  {r['gpu_mib']:12.0f}" if r["gpu_mib"] is not None else ""
-        print(f"{variant:10s} {r['time']:8.3f} {r['rss_mib']:13.0f}{gpu}")
+    print_variants(best, variants, args.device)
     print(f"cameras / floor: {best['cameras']['time'] / best['floor']['time']:.2f}x")
 
 
