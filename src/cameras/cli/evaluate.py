@@ -37,6 +37,7 @@ from .common import (
     add_out_argument,
     note,
     open_session,
+    parse_methods,
     parse_scales,
     progress_bar,
     require_extra,
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise usage_error(f"--workers {args.workers}: must be 0 or more")
     if args.limit is not None and args.limit < 1:
         raise usage_error(f"--limit {args.limit}: must be at least 1")
+    parse_methods("--methods", args.methods)
     try:
         settings = EvalSettings(
             methods=tuple(args.methods),
