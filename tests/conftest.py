@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -27,8 +29,12 @@ def shared_load_model(name="efficientnet_lite0", weights=None, device=None, pret
 
 @pytest.fixture(autouse=True)
 def _one_model_per_name(monkeypatch):
-    """Every ``Session.load`` (so every CLI subcommand run in-process) shares the models."""
+    """Every ``Session.load`` (so every CLI subcommand run in-process) shares the models.
+    CAMERAS_TESTS_RELOAD_MODELS=1 turns the sharing off (to measure what it saves)."""
     import cameras.session
+
+    if os.environ.get("CAMERAS_TESTS_RELOAD_MODELS"):
+        return
 
     monkeypatch.setattr(cameras.session, "load_model", shared_load_model)
 

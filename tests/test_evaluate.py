@@ -288,8 +288,11 @@ def test_usage_errors(tmp_path, capsys):
     path = tmp_path / "d.json"
     path.write_text("[]")
     assert main(["evaluate", str(path), "--methods", "magic", "--out", str(tmp_path / "o")]) == 2
-    assert "unknown magic" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        "cameras evaluate: error: --methods: unknown method 'magic'; choose from cameras,"
+    )
     assert main(["evaluate", str(path), "--metrics", "accuracy", "--out", str(tmp_path / "o")]) == 2
+    assert "metrics: unknown accuracy" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- the pure evaluator

@@ -36,6 +36,7 @@ from .common import (
     check_scale_out,
     note,
     open_session,
+    parse_methods,
     parse_scales,
     progress_bar,
     raise_ray_failure,
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     if args.limit is not None and args.limit < 1:
         raise usage_error(f"--limit {args.limit}: must be at least 1")
+    parse_methods("--methods", args.methods)
     try:
         settings = EvalSettings(
             methods=tuple(args.methods),
