@@ -262,7 +262,7 @@ def add_scale_out_arguments(
         type=ray_address,
         metavar="ADDRESS",
         help="run on Ray (pip install 'cameras[ray]'): no ADDRESS starts a local Ray for "
-        "this run; 'auto' or ray://HOST:PORT joins that cluster",
+        "this run; 'auto' or ray://HOST:PORT joins that cluster (default: no Ray)",
     )
     parser.add_argument(
         "--workers",

@@ -55,7 +55,8 @@ def add_parser(subparsers) -> None:
         "--preprocess",
         choices=["torch", "tf", "caffe", "raw"],
         help="for a Keras model file (--model PATH.keras): its keras.applications input "
-        "convention; raw passes 0-255 pixels (EfficientNet)",
+        "convention; raw passes 0-255 pixels (EfficientNet) (default: none; required for a "
+        "Keras model)",
     )
     add_scale_out_arguments(parser, batch_size=1, workers_help="image-decoding processes")
     parser.set_defaults(run=run)
