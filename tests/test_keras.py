@@ -77,7 +77,9 @@ def assert_same_maps(
     name, keras_model, torch_model, x, targets=None, keras_targets=None, keras_layer=None
 ):
     """Run method ``name`` on both twins; the Keras result must equal the PyTorch one."""
-    kw = {"scales": SCALES} if name == "cameras" else {}
+    # Without a class, the paper's top-1 rule, so that scales can be dropped.
+    rule = "top1" if targets is None else None
+    kw = {"scales": SCALES, "rule": rule} if name == "cameras" else {}
     expected = cameras.METHODS[name](torch_model, layer=LAYER, **kw)(x, targets)
     method = ck.METHODS[name](keras_model, layer=keras_layer, **kw)
     got = method(nhwc(x), targets if keras_targets is None else keras_targets)
@@ -255,7 +257,7 @@ def test_keras_applications_end_to_end_at_the_papers_scales(application):
     model, layer, targets = application
     before = model_state(model)
     x = nhwc(photo_batch(("chelsea", "coffee"), size=(SIZE, SIZE)))
-    result = ck.CAMERAS(model)(x, targets)
+    result = ck.CAMERAS(model, rule="top1" if targets is None else None)(x, targets)
     assert result.layer == layer
     assert result.maps.shape == (2, SIZE, SIZE) and result.maps.dtype == np.float32
     assert result.maps.min() == 0 and result.maps.max() == 1
