@@ -49,7 +49,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,6 +58,7 @@ from torch import nn
 from .capture import eval_mode, logits_of, model_device
 from .classes import class_indices
 from .methods.base import check_batch
+from .metrics._forward import PixelTransform
 
 DEFAULT_STEPS = 100
 DEFAULT_BETA = 50.0
@@ -69,14 +69,6 @@ PENALTIES = ("gradient", "proximal")
 
 # A norm's gradient is undefined at zero; the tiny offset makes it 0 there instead of NaN.
 _NORM_FLOOR = 1e-12
-
-
-class PixelTransform(Protocol):
-    """What ``pgd`` needs from a preprocessing object (``cameras.Preprocess`` fits)."""
-
-    def normalise(self, pixels: torch.Tensor) -> torch.Tensor: ...
-
-    def denormalise(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass

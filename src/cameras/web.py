@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .classes import ClassError
 from .images import ImageError, load_image
-from .methods import METHODS, SaliencyMethod
+from .methods import METHODS, SaliencyMethod, default_scales
 from .session import Session
 from .viz import save_map
 
@@ -38,7 +38,6 @@ MAX_SIDE = 8000  # pixels, either side of the photo
 # 224 (the paper's default is 924). Other input sizes use the same factors of their shorter
 # side, like ``default_scales``. Only CAMERAS uses scales; the other methods are single-scale.
 PRESETS = {"fewer": 624, "default": 924, "more": 1224}
-PRESET_BASE = 224
 
 # Seconds that result files are kept on disk, ours and Gradio's copies of them.
 KEEP_SECONDS = 3600
@@ -55,11 +54,7 @@ def preset_scales(preset: str, shorter_side: int) -> list[int]:
     whose shorter side is ``shorter_side``; "default" equals ``default_scales``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown quality preset {preset!r}; choose from {', '.join(PRESETS)}")
-    # round(shorter_side * s / 224) with halves up, in integers, as default_scales rounds.
-    return [
-        (2 * shorter_side * s + PRESET_BASE) // (2 * PRESET_BASE)
-        for s in range(PRESET_BASE, PRESETS[preset] + 1, 100)
-    ]
+    return default_scales(shorter_side, PRESETS[preset])
 
 
 def open_upload(

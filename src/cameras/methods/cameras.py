@@ -38,9 +38,14 @@ def kept_by_rule(rule: str, logits: torch.Tensor, targets: torch.Tensor) -> torc
     return (top == targets[:, None]).any(1)
 
 
-def default_scales(shorter_side: int) -> list[int]:
-    """The default scales for an input whose shorter side is ``shorter_side``."""
-    return [_round_half_up(shorter_side * s, PAPER_SCALES[0]) for s in PAPER_SCALES]
+def default_scales(shorter_side: int, largest: int = PAPER_SCALES[-1]) -> list[int]:
+    """The default scales for an input whose shorter side is ``shorter_side``.
+
+    largest: where the 224-based sizes 224, 324, ... stop (924, the paper's, by default;
+    the web page's quality presets stop elsewhere), scaled like the rest.
+    """
+    sizes = range(PAPER_SCALES[0], largest + 1, 100)
+    return [_round_half_up(shorter_side * s, PAPER_SCALES[0]) for s in sizes]
 
 
 def _round_half_up(numerator: int, denominator: int) -> int:
