@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from photo_sets import bundled_photos
 from PIL import Image
 
 import cameras
@@ -53,22 +54,8 @@ from cameras.pipeline import (
 
 
 def shipped_photos() -> list[tuple[str, Image.Image]]:
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    photos = [(name, Image.fromarray(getattr(data, name)())) for name in ("chelsea", "coffee")]
-    photos += [(name, Image.fromarray(getattr(data, name)())) for name in ("astronaut", "rocket")]
-    sample = load_sample_images()
-    for name, pixels in zip(sample.filenames, sample.images, strict=True):
-        photos.append((Path(name).stem, Image.fromarray(pixels)))
-    try:
-        import matplotlib.cbook
-
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
-            photos.append(("grace_hopper", Image.open(handle).convert("RGB")))
-    except (OSError, ValueError):
-        pass
-    return photos
+    """The seven bundled photos (scikit-image, scikit-learn, matplotlib), as (name, image)."""
+    return list(bundled_photos().items())
 
 
 def write_images(folder: Path, count: int) -> list[Path]:
