@@ -7,11 +7,45 @@ keeps each variant's best time and largest peak memory over the rounds.
 
 from __future__ import annotations
 
+import argparse
 import json
+import resource
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import torch
+
+
+def arguments(description: str, rounds: int) -> argparse.Namespace:
+    """--device, --rounds, --repeats and the hidden --child of a speed benchmark."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--rounds", type=int, default=rounds, help="processes per variant")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per process (first is warm-up)"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def measure(job: Callable[[], object], device: str, repeats: int) -> None:
+    """Time ``job`` ``repeats`` times in this (child) process and print the JSON line:
+    the best time after the warm-up run, peak RSS and, on CUDA, peak GPU memory."""
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        job()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"time": min(times[1:] or times), "rss_mib": rss, "gpu_mib": gpu_peak}))
 
 
 def best_of_rounds(

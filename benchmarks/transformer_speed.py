@@ -17,14 +17,9 @@ variant's time is its best round. Prints the ratio cameras / floor (target <= 1.
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import time
-
 import timm
 import torch
-from rounds import best_of_rounds, device_name, print_variants
+from rounds import arguments, best_of_rounds, device_name, measure, print_variants
 
 from cameras.methods.cameras import default_scales, resize_to_scale
 from cameras.tokens import any_input_size
@@ -59,30 +54,11 @@ def child(variant: str, device: str, repeats: int) -> None:
         def job():
             return floor(model, x)
 
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        job()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    print(json.dumps({"time": min(times[1:] or times), "rss_mib": rss, "gpu_mib": gpu_peak}))
+    measure(job, device, repeats)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rounds", type=int, default=2, help="processes per variant")
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="timed runs per process (first is warm-up)"
-    )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0], rounds=2)
     if args.child:
         child(args.child, args.device, args.repeats)
         return
