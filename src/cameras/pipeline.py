@@ -34,6 +34,7 @@ from PIL import Image
 
 from .images import ImageError, load_image, resize_map
 from .methods import SaliencyMethod
+from .session import top_classes
 
 # --------------------------------------------------------------------------------------
 # The explain job: tasks, items, results (plain data, picklable)
@@ -149,16 +150,14 @@ class ImageExplainer:
             x = torch.stack([torch.as_tensor(item.x) for item in members])
             explained = self.method(x, targets=self.target)
             maps = torch.as_tensor(explained.maps)
-            probabilities = torch.as_tensor(explained.probabilities).float()
             for j, item in enumerate(members):
                 height, width = item.pixels.shape[:2]
-                values, classes = probabilities[j].topk(min(5, probabilities.shape[1]))
                 results[good[batch[j]]] = ImageResult(
                     task=item.task,
                     saliency=resize_map(maps[j], height, width),
                     target=explained.targets[j],
                     kept=[s.scale for s in explained.scales[j] if s.kept],
-                    top5=list(zip(classes.tolist(), values.tolist(), strict=True)),
+                    top5=top_classes(explained.probabilities[j], 5),
                     pixels=item.pixels,
                     worker=me,
                     warning=explained.scale_warnings[j],
