@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from cameras.pipeline import (
     DecodedImage,
     ImageExplainer,
     ImageTask,
+    render_outputs,
     same_size_batches,
     stream_local,
 )
@@ -143,7 +145,7 @@ def test_same_size_images_share_a_batch_and_results_keep_input_order():
     for result, item in zip(results, items, strict=True):
         if item.error is None:
             single = alone([item])[0]
-            assert result.saliency.shape == (item.x.shape[1] * 2, item.x.shape[2] * 2)
+            assert result.saliency.shape == tuple(item.x.shape[1:])  # resized when rendered
             np.testing.assert_allclose(result.saliency, single.saliency, atol=1e-5)
             assert result.target == single.target
 
@@ -190,7 +192,69 @@ def test_background_writer_writes_in_order_and_hands_back_a_failure():
     assert written == [0, 1, 2]  # nothing written after the failure
 
 
-# ------------------------------------------------------------------------------ evaluate
+def _results_for_rendering(chelsea, coffee, count: int):
+    """``count`` ready results (small maps, real photos) for the writing side."""
+    from cameras.pipeline import ImageResult
+
+    photos = [np.asarray(chelsea), np.asarray(coffee)]
+    results = []
+    for index in range(count):
+        pixels = photos[index % 2]
+        height, width = pixels.shape[0] // 4, pixels.shape[1] // 4  # a model-sized map
+        ramp = np.linspace(0, 1, height * width, dtype=np.float32).reshape(height, width)
+        task = ImageTask(index, f"photo{index}.png", f"photo{index}")
+        results.append(ImageResult(task, ramp, 1, [224], [(1, 0.5)], pixels))
+    return results
+
+
+def _die_on_the_first_image(result, cmap, alpha):
+    """Stands in for render_outputs: the render process (not this one) dies on image 0."""
+    if result.task.index == 0 and os.getpid() != THIS_PROCESS:
+        os._exit(1)
+    return render_outputs(result, cmap, alpha)
+
+
+THIS_PROCESS = os.getpid()
+
+
+def _note_index(order: list[int], result, png, error) -> None:
+    order.append(result.task.index)
+
+
+def test_overlays_rendered_in_a_process_equal_those_rendered_here(chelsea, coffee, tmp_path):
+    """The pipeline renders overlays in a separate process: byte-identical files to the
+    one-at-a-time path, written in order."""
+    from cameras.pipeline import ImageWriter, save_explanations
+
+    results = _results_for_rendering(chelsea, coffee, 3)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir(), there.mkdir()
+    for out, background in ((here, False), (there, True)):
+        order: list[int] = []
+        writer = ImageWriter(out, "cameras", [])
+        pairs = [(result, None) for result in results]
+        report = partial(_note_index, order)
+        assert save_explanations(pairs, writer, report=report, background=background) == 0
+        assert order == [0, 1, 2]
+    for path in here.iterdir():
+        assert (there / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_a_dead_render_process_loses_no_image(chelsea, coffee, tmp_path, monkeypatch):
+    """The render process dies on the first image: every image is still written (the
+    unfinished ones rendered here), in order, and none is reported as failed."""
+    from cameras import pipeline
+
+    monkeypatch.setattr(pipeline, "render_outputs", _die_on_the_first_image)
+    reports: list[tuple[int, str | None]] = []
+    writer = pipeline.ImageWriter(tmp_path, "cameras", [])
+    pairs = [(result, None) for result in _results_for_rendering(chelsea, coffee, 3)]
+    report = lambda result, png, error: reports.append((result.task.index, error))  # noqa: E731
+    assert pipeline.save_explanations(pairs, writer, report=report) == 0
+    assert reports == [(0, None), (1, None), (2, None)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"photo{i}_cameras{suffix}" for i in range(3) for suffix in (".npy", ".png")
+    ]
 
 
 def write_records(folder: Path) -> Path:

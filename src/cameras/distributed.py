@@ -275,7 +275,10 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
     # Blocks are the decoding tasks' unit: about a batch each, at most 1000 in all.
     blocks = max(1, min(len(rows) // batch_size, 1000))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-    dataset = dataset.map(_MapPayload(load, os.getcwd()))
+    # Decoding asks for half a core: it is short, and a request unlike the model actors'
+    # keeps Ray Data from fusing it into them (fused, each actor would decode every
+    # image itself, one after the other, between its model calls).
+    dataset = dataset.map(_MapPayload(load, os.getcwd()), num_cpus=0.5)
     dataset = dataset.map_batches(
         ModelActor,
         fn_constructor_args=(job, batch_size, plan.threads_per_actor),
