@@ -420,7 +420,15 @@ class RenderProcess:
         from concurrent.futures import ProcessPoolExecutor
 
         self.cmap, self.alpha = cmap, alpha
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context())
+        # One torch thread in the child, as DataLoader workers do: a forked child that
+        # starts OpenMP's thread pool again can hang (the parent's pool does not survive
+        # fork), and the resize it runs is small.
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context(),
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
         self._broken = False
 
     def submit(self, result: ImageResult):
