@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import eval_mode, logits_of, model_device
+from .capture import autograd_enabled, dtype_errors, eval_mode, logits_of, model_device, model_input
 from .classes import class_indices
 from .methods.base import check_batch
 from .metrics._forward import PixelTransform
@@ -111,6 +111,7 @@ class AttackResult:
         return [self.class_names[t] for t in self.targets]
 
 
+@autograd_enabled()
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -159,6 +160,11 @@ def pgd(
     beta_patience: halve an image's beta after every ``beta_patience`` steps that did not
         reach its target, so every image is eventually fooled (the attack tends to plain
         PGD); None keeps beta fixed.
+
+    Works inside ``torch.no_grad()`` and ``torch.inference_mode()`` (gradients are on for
+    the call, the caller's modes come back after it). A float16 / bfloat16 model gets its
+    input in its own dtype; the perturbation and the scores stay float32. NaN or infinite
+    values in ``x`` are a ValueError.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -206,9 +212,12 @@ def pgd(
     keep = _check_saliency(saliency, clean.shape, device) if beta > 0 else None
     to_input = prep.normalise if prep is not None else (lambda pixels: pixels)
 
-    with eval_mode(model), torch.enable_grad():
+    def scores(pixels: torch.Tensor) -> torch.Tensor:
+        return logits_of(model(model_input(to_input(pixels), model))).float()
+
+    with eval_mode(model), torch.enable_grad(), dtype_errors(model):
         with torch.no_grad():
-            clean_logits = logits_of(model(to_input(clean))).float()
+            clean_logits = scores(clean)
         num_classes = clean_logits.shape[1]
         targets = _resolve_targets(target, clean_logits, names, num_classes)
         perturbation = torch.zeros_like(clean)
@@ -221,7 +230,7 @@ def pgd(
             if index.numel() == 0:
                 break
             delta = perturbation[index].requires_grad_(True)
-            logits = logits_of(model(to_input(clean[index] + delta))).float()
+            logits = scores(clean[index] + delta)
             final_logits[index] = logits.detach()
             if stop_when_reached:
                 done = logits.detach().argmax(1) == targets[index]
@@ -389,7 +398,7 @@ def reaches_when_saved(model: nn.Module, prep: PixelTransform, image: np.ndarray
     ``target`` as its top-1 class."""
     pixels = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0
     with eval_mode(model), torch.no_grad():
-        logits = logits_of(model(prep.normalise(pixels.to(model_device(model)))))
+        logits = logits_of(model(model_input(prep.normalise(pixels), model)))
     return int(logits.argmax(1)[0]) == target
 
 

@@ -12,6 +12,12 @@ rest of the network a fresh leaf tensor, so the backward pass stops at the layer
 
 Token models (ViT, DeiT, EVA, Swin; see ``tokens.py``) are run at any input size for
 the duration of the block, and their tokens are laid on each scale's patch grid.
+
+The caller's autograd mode does not matter: the block runs with gradients on and outside
+inference mode (``autograd_enabled``), and puts the caller's modes back on exit. A
+float16 or bfloat16 model runs in its own dtype (each input is cast to it) and the
+activations and gradients come back as float32, so that everything downstream (fusion,
+normalisation) accumulates in float32.
 """
 
 from __future__ import annotations
@@ -39,6 +45,62 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+# Dtypes whose results are widened to float32 before they are accumulated.
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer (float32 if none):
+    the dtype its inputs are cast to."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def model_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``x`` on the model's device and in its dtype, usable by autograd.
+
+    A tensor made under ``torch.inference_mode()`` cannot take part in a backward pass,
+    so one that would reach the model unchanged is cloned (call this outside inference
+    mode, e.g. inside ``autograd_enabled``).
+    """
+    x = x.to(device=model_device(model), dtype=model_dtype(model))
+    return x.clone() if x.is_inference() else x
+
+
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 -> float32; other dtypes unchanged."""
+    return tensor.float() if tensor.dtype in REDUCED_PRECISION else tensor
+
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Run the body with gradients on and inference mode off, whatever the caller's
+    modes (``torch.no_grad()``, ``torch.inference_mode()``); both are put back on exit,
+    also when the body raises."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextlib.contextmanager
+def dtype_errors(model: nn.Module) -> Iterator[None]:
+    """Turn the error of an operation that a float16 / bfloat16 model cannot run on its
+    device ("... not implemented for 'Half'") into a TypeError that names the dtype."""
+    try:
+        yield
+    except RuntimeError as error:
+        dtype = model_dtype(model)
+        spelled = {torch.float16: "Half", torch.bfloat16: "BFloat16"}.get(dtype)
+        if spelled is None or spelled not in str(error):
+            raise
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise TypeError(
+            f"the model's dtype {dtype} is not supported here on {model_device(model)} "
+            f"({reason}); convert a copy with model.float() or use another device"
+        ) from error
 
 
 def logits_of(output: object) -> torch.Tensor:
@@ -154,8 +216,8 @@ def _probe_spatial_outputs(model: nn.Module, size: int, device: torch.device):
     named = [(name, module) for name, module in model.named_modules() if name]
     handles = [module.register_forward_hook(record(name)) for name, module in named]
     try:
-        with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+        with eval_mode(model), torch.no_grad(), dtype_errors(model):
+            model(torch.zeros(1, 3, size, size, device=device, dtype=model_dtype(model)))
     finally:
         for handle in handles:
             handle.remove()
@@ -164,7 +226,8 @@ def _probe_spatial_outputs(model: nn.Module, size: int, device: torch.device):
 
 @dataclass
 class ScaleCapture:
-    """What one forward/backward pass at one input size gives."""
+    """What one forward/backward pass at one input size gives (float32 for a float16 or
+    bfloat16 model)."""
 
     logits: torch.Tensor  # (B, K), detached
     activations: torch.Tensor  # (B, C, h, w), detached
@@ -185,6 +248,9 @@ class LayerCapture:
 
     Token models (``tokens.token_family``) accept any input size inside the block, and
     their tokens come out as (B, C, h, w) grids unless ``reshape_transform`` is given.
+
+    The block turns gradients on and inference mode off (``autograd_enabled``) and puts
+    the caller's modes back on exit; ``run`` casts its input to the model's dtype.
     """
 
     def __init__(
@@ -205,6 +271,7 @@ class LayerCapture:
         stack = contextlib.ExitStack()
         self._sizes_run = []
         try:
+            stack.enter_context(autograd_enabled())
             stack.enter_context(eval_mode(self.model))
             if self.family is not None:
                 stack.enter_context(self.family.accept_any_size())
@@ -245,10 +312,19 @@ class LayerCapture:
     ) -> tuple[ScaleCapture, torch.Tensor]:
         """Forward ``x`` (B, 3, h, w), back-propagate the targets' pre-softmax scores to the layer.
 
-        Returns the capture and the (B,) targets actually used.
+        ``x`` is cast to the model's dtype. Returns the capture and the (B,) targets
+        actually used.
         """
         if self._stack is None:
             raise RuntimeError("LayerCapture.run must be called inside its with-block")
+        with dtype_errors(self.model):
+            return self._run(model_input(x, self.model), targets)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[ScaleCapture, torch.Tensor]:
         self._leaves.clear()
         with torch.no_grad():
             output = self._forward(x)
@@ -271,7 +347,7 @@ class LayerCapture:
             )
         score = logits.gather(1, targets[:, None]).sum()
         (gradients,) = torch.autograd.grad(score, leaf)
-        activations = leaf.detach()
+        activations, gradients = widened(leaf.detach()), widened(gradients)
         covered = None
         if self.reshape_transform is not None:
             activations = self.reshape_transform(activations)
@@ -286,7 +362,7 @@ class LayerCapture:
                 "saliency map needs (B, C, h, w): pick a convolutional layer or pass "
                 "reshape_transform"
             )
-        capture = ScaleCapture(logits.detach(), activations, gradients.detach(), covered)
+        capture = ScaleCapture(widened(logits.detach()), activations, gradients.detach(), covered)
         return capture, targets
 
     def _forward(self, x: torch.Tensor) -> object:

@@ -23,10 +23,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .capture import eval_mode, logits_of, model_device, resolve_layer
+from .capture import eval_mode, logits_of, model_device, model_dtype, model_input, resolve_layer
 from .classes import ClassLike, Targets, class_index, class_label
 from .images import load_image, resize_map
 from .methods import CAMERAS, Explanation, SaliencyMethod, build_method
+from .methods.base import check_batch
 from .models import DEFAULT_MODEL, Preprocess, class_names_for, load_model
 
 
@@ -103,7 +104,9 @@ class Session:
         if self._num_classes is None:
             size = getattr(self.prep, "size", 224)
             with eval_mode(self.model), torch.no_grad():
-                probe = torch.zeros(1, 3, size, size, device=model_device(self.model))
+                probe = torch.zeros(
+                    1, 3, size, size, device=model_device(self.model), dtype=model_dtype(self.model)
+                )
                 self._num_classes = int(logits_of(self.model(probe)).shape[1])
         return self._num_classes
 
@@ -157,11 +160,14 @@ class Session:
     # ------------------------------------------------------------------ the model's answers
 
     def probabilities(self, x: torch.Tensor | Image.Image) -> torch.Tensor:
-        """(B, K) softmax of the model's scores for a batch (or one PIL image), on the CPU."""
+        """(B, K) float32 softmax of the model's scores for a batch (or one PIL image), on
+        the CPU. The input is cast to the model's dtype; NaN or infinite values in it are a
+        ValueError (they would give NaN probabilities)."""
         if isinstance(x, Image.Image):
             x = self.input(x)
+        x = check_batch(x)
         with eval_mode(self.model), torch.no_grad():
-            scores = logits_of(self.model(x.to(model_device(self.model))))
+            scores = logits_of(self.model(model_input(x, self.model)))
         return scores.float().softmax(1).cpu()
 
     def top_k(self, x: torch.Tensor | Image.Image, k: int = 5) -> list[tuple[int, float]]:
@@ -178,7 +184,10 @@ class Session:
         scales: Sequence[int] | None = None,
     ) -> Explanation:
         """Explain a (B, 3, h, w) batch or one PIL image with ``method`` for ``target``
-        (None: each image's top-1; an index or name; or one per image)."""
+        (None: each image's top-1; an index or name; or one per image).
+
+        As the methods: works under ``torch.no_grad()`` / ``torch.inference_mode()``,
+        with float16 / bfloat16 models (maps in float32), and refuses non-finite input."""
         if isinstance(x, Image.Image):
             x = self.input(x)
         return self.method(method, scales)(x, targets=target)

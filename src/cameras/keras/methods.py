@@ -14,7 +14,7 @@ import torch
 
 from ..methods import cameras as _cameras
 from ..methods import gradcam as _gradcam
-from ..methods.base import SaliencyMethod, Targets
+from ..methods.base import SaliencyMethod, Targets, check_finite
 from .capture import KerasCapture
 from .network import network_for
 
@@ -57,7 +57,8 @@ class KerasBackend:
 
 def keras_batch(x, channels: int) -> torch.Tensor:
     """A (B, H, W, C) or (H, W, C) float array (NumPy, TensorFlow, anything array-like)
-    -> a (B, C, H, W) float32 torch tensor for the shared maths."""
+    -> a (B, C, H, W) float32 torch tensor for the shared maths; NaN or infinite values
+    are a ValueError, as for PyTorch models."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
@@ -72,7 +73,9 @@ def keras_batch(x, channels: int) -> torch.Tensor:
         )
     if not np.issubdtype(values.dtype, np.floating):
         raise TypeError(f"x must be a float array (preprocessed image), not {values.dtype}")
-    return torch.from_numpy(values.astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+    batch = torch.from_numpy(values.astype(np.float32))
+    check_finite(batch)
+    return batch.permute(0, 3, 1, 2).contiguous()
 
 
 class CAMERAS(KerasBackend, _cameras.CAMERAS):

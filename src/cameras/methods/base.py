@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..capture import LayerCapture, LayerSpec, model_device, resolve_layer
+from ..capture import (
+    LayerCapture,
+    LayerSpec,
+    autograd_enabled,
+    model_device,
+    resolve_layer,
+    widened,
+)
 from ..classes import Targets, class_index, class_indices
 from ..fusion import normalise_maps
 
@@ -115,20 +122,27 @@ class SaliencyMethod:
 
         targets: None (each image's top-1 class), an int or class name (all images),
         or a sequence with one int or name per image.
+
+        Works inside ``torch.no_grad()`` and ``torch.inference_mode()``: the call turns on
+        what it needs and puts the caller's modes back (also after an error). A float16 or
+        bfloat16 model runs in its own dtype (the input is resized in float32 and cast to
+        it); the maps are accumulated and returned in float32, or a TypeError names a
+        dtype the device cannot run. An input with NaN or infinite values is a ValueError.
         """
-        x, source = self._input_batch(x)
-        wanted = self._check_targets(targets, x.shape[0])
-        with self._open_capture() as capture:
-            maps, used, scales, probabilities = self._explain(capture, x, wanted)
-        return Explanation(
-            maps=self._output(normalise_maps(maps.float()), source),
-            targets=[int(t) for t in used],
-            scales=scales,
-            probabilities=self._output(probabilities, source),
-            method=self.name,
-            layer=self.layer_name,
-            class_names=self.class_names,
-        )
+        with autograd_enabled():
+            x, source = self._input_batch(x)
+            wanted = self._check_targets(targets, x.shape[0])
+            with self._open_capture() as capture:
+                maps, used, scales, probabilities = self._explain(capture, x, wanted)
+            return Explanation(
+                maps=self._output(normalise_maps(maps.float()), source),
+                targets=[int(t) for t in used],
+                scales=scales,
+                probabilities=self._output(probabilities, source),
+                method=self.name,
+                layer=self.layer_name,
+                class_names=self.class_names,
+            )
 
     # The PyTorch backend. ----------------------------------------------------------
 
@@ -141,8 +155,10 @@ class SaliencyMethod:
         return LayerCapture(self.model, self.layer, self.reshape_transform)
 
     def _input_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.device]:
+        # Resizing runs in float32 (or the input's wider dtype); LayerCapture.run casts
+        # each scale's input to the model's dtype.
         x = check_batch(x)
-        return x.to(model_device(self.model)), x.device
+        return widened(x.to(model_device(self.model))), x.device
 
     def _output(self, tensor: torch.Tensor, source: torch.device) -> torch.Tensor:
         return tensor.to(source)
@@ -161,7 +177,8 @@ class SaliencyMethod:
 
 
 def check_batch(x: torch.Tensor) -> torch.Tensor:
-    """A (B, C, H, W) float batch from a batch or one (C, H, W) image; clear errors otherwise."""
+    """A (B, C, H, W) float batch from a batch or one (C, H, W) image; clear errors otherwise
+    (a ValueError for NaN or infinite values)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
     if x.dim() == 3:
@@ -170,7 +187,21 @@ def check_batch(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")
+    check_finite(x)
     return x
+
+
+def check_finite(x: torch.Tensor, argument: str = "x") -> None:
+    """ValueError, saying how many, when ``x`` holds NaN or infinite values: the model
+    would give NaN scores, which no class or map can be read from."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = x[~finite]
+        nan = int(bad.isnan().sum())
+        raise ValueError(
+            f"{argument} has {bad.numel()} non-finite values of {x.numel()} ({nan} NaN, "
+            f"{bad.numel() - nan} infinite); pass a preprocessed image with finite pixels"
+        )
 
 
 def top1_of(logits: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..capture import eval_mode, logits_of, model_device
+from ..capture import eval_mode, logits_of, model_device, model_input
 
 
 class PixelTransform(Protocol):
@@ -64,7 +64,7 @@ def class_probabilities(
     out = []
     with eval_mode(model):
         for x, classes in inputs:
-            logits = logits_of(model(x.to(device))).float()
+            logits = logits_of(model(model_input(x, model))).float()
             probabilities = torch.softmax(logits, 1)
             out.append(probabilities.gather(1, classes.to(device)[:, None])[:, 0].cpu())
     return torch.cat(out) if out else torch.zeros(0)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import eval_mode, model_device
+from ..capture import autograd_enabled, eval_mode, model_device, model_dtype
 
 MODES = ("cascading", "independent")
 SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
@@ -79,7 +79,8 @@ def _execution_order(model: nn.Module, names: list[str], probe_size: int) -> lis
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, 3, probe_size, probe_size, device=model_device(model)))
+            probe = torch.zeros(1, 3, probe_size, probe_size, dtype=model_dtype(model))
+            model(probe.to(model_device(model)))
     finally:
         for handle in handles:
             handle.remove()
@@ -230,6 +231,7 @@ class SanityResult:
 MethodFactory = Callable[[nn.Module], Callable[..., object]]
 
 
+@autograd_enabled()
 def sanity_check(
     model: nn.Module,
     x: torch.Tensor,
@@ -246,7 +248,9 @@ def sanity_check(
     is called as ``method(x, targets=...)`` and returns an object with ``.maps`` (B, H, W)
     and ``.targets``). targets: the classes explained, fixed for every step; None uses
     the trained model's top-1 classes. steps: default ``randomisation_steps(model)``.
-    progress: called once per (step, method) evaluation.
+    progress: called once per (step, method) evaluation. Works inside
+    ``torch.no_grad()`` and ``torch.inference_mode()``: the randomised copies are made
+    outside inference mode, so the methods can take gradients through them.
     """
     if not methods:
         raise ValueError("sanity_check needs at least one method")
