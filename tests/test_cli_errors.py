@@ -177,6 +177,8 @@ def test_attack_write_failure_skips_only_that_image(capsys, monkeypatch, tmp_pat
         (["compare", "{photo}", "--diff-cmap", "nope"], "--diff-cmap nope"),
         (["attack", "{photo}", "--step-size", "inf"], "--step-size inf"),
         (["attack", "{photo}", "--beta", "inf"], "--beta inf"),
+        (["evaluate", "{photo}", "--tolerance", "nan"], "--tolerance nan"),
+        (["evaluate", "{photo}", "--steps", "0"], "--steps 0"),
     ],
 )
 def test_bad_options_are_refused_before_the_model_loads(
@@ -349,3 +351,11 @@ def test_no_bar_and_whole_error_lines_when_stderr_is_not_a_terminal(capsys, tmp_
     assert code == 1
     assert "\r" not in err and "explain:" not in err
     assert err == f"error: {photos[0].parent / 'broken.png'}: not an image (unrecognised format)\n"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_serve_refuses_a_non_finite_upload_limit(capsys, no_model, value):
+    assert main(["serve", "--max-upload-mb", value]) == 2
+    assert capsys.readouterr().err == (
+        f"cameras serve: error: --max-upload-mb {value}: must be positive\n"
+    )

@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise usage_error(f"--limit {args.limit}: must be at least 1")
     parse_methods("--methods", args.methods)
+    if args.steps < 1:
+        raise usage_error(f"--steps {args.steps}: must be at least 1")
+    if not 0 <= args.tolerance < float("inf"):
+        raise usage_error(f"--tolerance {args.tolerance}: must be a finite number, 0 or more")
     if args.out.exists() and not args.out.is_dir():
         raise usage_error(f"--out {args.out}: exists and is not a folder")
     check_writable_folder("--out", args.out)
