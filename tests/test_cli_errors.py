@@ -359,3 +359,17 @@ def test_serve_refuses_a_non_finite_upload_limit(capsys, no_model, value):
     assert capsys.readouterr().err == (
         f"cameras serve: error: --max-upload-mb {value}: must be positive\n"
     )
+
+
+def test_sanity_refuses_a_summary_name_that_is_an_input(capsys, tmp_path, chelsea):
+    out = tmp_path / "out"
+    out.mkdir()
+    photo = out / "sanity_similarity.png"
+    chelsea.resize((64, 48)).save(photo)
+    before = photo.read_bytes()
+    argv = ["sanity", photo, "--out", out, "--methods", "gradcam", "--blocks", 1]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 2 and photo.read_bytes() == before
+    assert err == (
+        f"cameras sanity: error: --out {out}: sanity_similarity.png would overwrite an input\n"
+    )

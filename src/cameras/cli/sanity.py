@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     inputs = OutputGuard(images)
     table_path = args.out / "sanity.csv"
-    if inputs.covers(table_path):
-        raise usage_error(f"--out {args.out}: sanity.csv would overwrite an input")
+    for fixed in ("sanity.csv", "sanity_summary.md", "sanity_similarity.png"):
+        if inputs.covers(args.out / fixed):
+            raise usage_error(f"--out {args.out}: {fixed} would overwrite an input")
     all_rows: list[dict] = []
     total = len(images) * (len(steps) + 1) * len(factories)
     progress = progress_bar(total=total, desc="sanity", unit="map")
