@@ -300,10 +300,12 @@ def test_symlink_loops_in_a_folder_are_reported(capsys, tmp_path, photos):
     os.symlink(folder / "b.png", folder / "a.png")
     os.symlink(folder / "a.png", folder / "b.png")
     os.symlink(folder / "gone.png", folder / "dangling.png")
+    os.symlink(folder / "a\nb.png", folder / "a\nb.png")  # a newline in the name
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "explain", folder, "--out", out, *GRADCAM, "--workers", 0)
     assert code == 1
     assert error_lines(err) == [
+        f"error: {folder}/a\\nb.png: symbolic link loop, skipped",
         f"error: {folder / 'a.png'}: symbolic link loop, skipped",
         f"error: {folder / 'b.png'}: symbolic link loop, skipped",
         f"error: {folder / 'dangling.png'}: symbolic link to a missing file, skipped",

@@ -36,17 +36,26 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
                 if entry.is_file():
                     found.append(entry)
                 elif entry.is_symlink():  # is_file() is False for a loop or a dangling link
-                    errors.append(f"{entry}: {_broken_link(entry)}, skipped")
+                    errors.append(f"{shown(entry)}: {_broken_link(entry)}, skipped")
             if not found and len(errors) == skipped:
-                errors.append(f"{path}: no images in this folder")
+                errors.append(f"{shown(path)}: no images in this folder")
             images.extend(found)
         elif path.is_file():
             images.append(path)
         elif path.is_symlink():
-            errors.append(f"{path}: {_broken_link(path)}")
+            errors.append(f"{shown(path)}: {_broken_link(path)}")
         else:
-            errors.append(f"{path}: no such file or folder")
+            errors.append(f"{shown(path)}: no such file or folder")
     return images, errors
+
+
+def shown(path: str | Path) -> str:
+    """A path as it can be printed on one line: control characters (a newline in a file
+    name) written as escapes such as ``\\n``."""
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _broken_link(path: Path) -> str:

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings_as_lines():
             return args.run(args)
     except UsageError as error:
-        print(f"cameras {args.command}: error: {error}", file=sys.stderr)
+        from ..images import shown
+
+        print(shown(f"cameras {args.command}: error: {error}"), file=sys.stderr)
         return 2
     except OSError as error:
         # A file that could not be written or read outside the per-input loops (a summary,

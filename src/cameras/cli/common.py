@@ -243,7 +243,7 @@ def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
 
     images, errors = find_images(paths)
     for line in errors:
-        print(f"error: {line}", file=sys.stderr)
+        note(f"error: {line}", error=True)
     out.mkdir(parents=True, exist_ok=True)
     return images, len(errors)
 
@@ -294,8 +294,11 @@ def progress_bar(items: Iterable | None = None, **options) -> tqdm:
 
 
 def note(line: str, error: bool = False) -> None:
-    """Print one line without breaking a progress bar (stdout, or stderr for errors)."""
-    tqdm.write(line, file=sys.stderr if error else sys.stdout)
+    """Print one line without breaking a progress bar (stdout, or stderr for errors);
+    control characters (from odd file names) are escaped so it stays one line."""
+    from ..images import shown
+
+    tqdm.write(shown(line), file=sys.stderr if error else sys.stdout)
 
 
 def add_rule_argument(parser: argparse.ArgumentParser) -> None:
