@@ -225,8 +225,9 @@ def _json_record(
 ) -> Record:
     """A Record from a JSON entry (ours or COCO's), with its width and height when given."""
     size = None
-    if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
-        size = (entry["width"], entry["height"])
+    width, height = entry.get("width"), entry.get("height")
+    if _is_count(width) and _is_count(height):
+        size = (width, height)
     return Record(
         key=_unique_key(entry[name_key], seen),
         file=folder / entry[name_key],
@@ -234,6 +235,18 @@ def _json_record(
         size=size,
         problems=tuple(problems),
     )
+
+
+def _is_count(value: object) -> bool:
+    """A positive whole number (and not a bool, which JSON readers give as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _file_name(value: object) -> str | None:
+    """A usable relative or absolute file name from an annotation, or None."""
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        return None
+    return value
 
 
 def _freeze(objects: dict[int, list[Box]]) -> dict[int, tuple[Box, ...]]:
@@ -263,7 +276,7 @@ def _json_list_records(
     records, errors, seen = [], [], {}
     for n, entry in enumerate(data, start=1):
         where = f"{path}: record {n}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        if not isinstance(entry, dict) or _file_name(entry.get("file")) is None:
             errors.append(f'{where}: needs a "file" string')
             continue
         where = f"{path}: record {n} ({entry['file']})"
@@ -302,6 +315,8 @@ def _read_json(path: Path) -> object:
         raise AnnotationError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AnnotationError(f"{path}: not a readable JSON file ({error})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply to read") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -357,7 +372,7 @@ def read_voc_file(
         height = int(float(root.findtext("size/height") or 0))
         if width > 0 and height > 0:
             size = (width, height)
-    except ValueError:
+    except (ValueError, OverflowError):
         pass  # a malformed size is not worth dropping the record: the image has one
     objects: dict[int, list[Box]] = {}
     problems: list[str] = []
@@ -430,29 +445,62 @@ def _coco_records(
         raise AnnotationError(f"{path}: not a COCO instances file (needs images, annotations)")
     resolver = resolver or ClassResolver()
     image_dir = Path(images) if images is not None else path.parent
-    categories = {c.get("id"): str(c.get("name", c.get("id"))) for c in data.get("categories", [])}
+    errors: list[str] = []
+    categories = _coco_categories(path, data.get("categories", []), errors)
     by_image: dict[object, list[dict]] = {}
-    for ann in data["annotations"]:
-        if isinstance(ann, dict):
-            by_image.setdefault(ann.get("image_id"), []).append(ann)
-    records, errors, seen = [], [], {}
-    for entry in data["images"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
-            errors.append(f"{path}: image entry {entry!r:.60}: needs a file_name")
+    for n, ann in enumerate(data["annotations"], start=1):
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")):
+            errors.append(f"{path}: annotation {n}: needs an object with a number image_id")
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    records, seen = [], {}
+    for n, entry in enumerate(data["images"], start=1):
+        if not isinstance(entry, dict) or _file_name(entry.get("file_name")) is None:
+            errors.append(f"{path}: image {n}: needs an object with a file_name string")
+            continue
+        if not _is_id(entry.get("id")):
+            errors.append(f"{path}: image {n} ({entry['file_name']}): needs a number id")
             continue
         objects: dict[int, list[Box]] = {}
         problems: list[str] = []
-        for m, ann in enumerate(by_image.get(entry.get("id"), []), start=1):
+        for m, ann in enumerate(by_image.get(entry["id"], []), start=1):
             category = ann.get("category_id")
-            name = categories.get(category, str(category))
+            name = categories.get(category, str(category)) if _is_id(category) else "no class"
             try:
+                if not _is_id(category):
+                    raise ValueError(f"category_id {category!r:.40} is not a number")
                 index = _coco_class(resolver, name, category)
-                x, y, w, h = ann.get("bbox") or (None,) * 4
+                bbox = ann.get("bbox")
+                if not isinstance(bbox, list) or len(bbox) != 4:
+                    raise ValueError(f"bbox {bbox!r:.60} is not [x, y, width, height]")
+                x, y, w, h = bbox
                 _add(objects, index, parse_box([x, y, _sum(x, w), _sum(y, h)]))
             except ValueError as error:
                 problems.append(f"object {m} ({name}): {error}")
         records.append(_json_record(entry, "file_name", image_dir, objects, problems, seen))
     return Annotations(records, errors)
+
+
+def _is_id(value: object) -> bool:
+    """COCO ids are numbers (some tools write them as strings); never lists or objects,
+    which could not be looked up."""
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
+def _coco_categories(path: Path, raw: object, errors: list[str]) -> dict[object, str]:
+    """COCO ``categories`` -> {id: name}. Anything but a list, and any malformed entry,
+    is an error line; objects of a category without a name resolve by its id."""
+    if not isinstance(raw, list):
+        errors.append(f"{path}: categories is not a list (class ids used as names)")
+        return {}
+    categories: dict[object, str] = {}
+    for n, category in enumerate(raw, start=1):
+        if not isinstance(category, dict) or not _is_id(category.get("id")):
+            errors.append(f"{path}: category {n}: needs an object with a number id")
+            continue
+        name = category.get("name")
+        categories[category["id"]] = name if isinstance(name, str) else str(category["id"])
+    return categories
 
 
 def _sum(a: object, b: object) -> float | None:

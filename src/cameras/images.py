@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,17 +29,46 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                errors.append(f"{path}: no images in this folder")
+            found, skipped = [], len(errors)
+            for entry in sorted(path.iterdir()):
+                if entry.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if entry.is_file():
+                    found.append(entry)
+                elif entry.is_symlink():  # is_file() is False for a loop or a dangling link
+                    errors.append(f"{shown(entry)}: {_broken_link(entry)}, skipped")
+            if not found and len(errors) == skipped:
+                errors.append(f"{shown(path)}: no images in this folder")
             images.extend(found)
         elif path.is_file():
             images.append(path)
+        elif path.is_symlink():
+            errors.append(f"{shown(path)}: {_broken_link(path)}")
         else:
-            errors.append(f"{path}: no such file or folder")
+            errors.append(f"{shown(path)}: no such file or folder")
     return images, errors
+
+
+def shown(path: str | Path) -> str:
+    """A path as it can be printed on one line: control characters (a newline in a file
+    name) written as escapes such as ``\\n``."""
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _broken_link(path: Path) -> str:
+    """Why a symbolic link leads to no file: a loop, or a missing target."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop as RuntimeError
+        return "symbolic link loop"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return "symbolic link to a missing file"
+    return "symbolic link to something that is not a file"
 
 
 def load_image(path: str | Path) -> Image.Image:

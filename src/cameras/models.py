@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import re
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,15 +144,42 @@ def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as error:
             raise ModelError(f"weights file {path} is not a safetensors file ({error})") from None
+    if path.stat().st_size == 0:
+        raise ModelError(f"weights file {path} is empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ModelError(f"weights file {path} is not a PyTorch state dict ({error})") from None
+        raise ModelError(f"weights file {path} {_refusal_reason(error)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _refusal_reason(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line of our own.
+
+    torch's message runs to several lines and suggests ``weights_only=False``, which
+    would run whatever code the file names; a weights file never needs that, so the
+    advice is left out and only the fact is kept.
+    """
+    text = str(error)
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
+        return (
+            f"refers to the Python object {named.group(1)}, which a file of weights never "
+            "needs: refused without running it (save a state dict of tensors, or .safetensors)"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    boilerplate = ("weights only load failed", "please file an issue", "check the documentation")
+    facts = [
+        line
+        for line in lines
+        if not line.lower().startswith(boilerplate) and "weights_only" not in line
+    ]
+    fact = (facts[0] if facts else type(error).__name__).removeprefix("WeightsUnpickler error:")
+    return f"is not a PyTorch state dict ({fact.strip()[:160] or type(error).__name__})"
 
 
 def _load_lite(name: str, weights, pretrained: bool) -> tuple[nn.Module, Preprocess]:

@@ -2,14 +2,18 @@
 
 Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> exit code``;
 they parse and print only, and call the library for everything else.
-Exit codes: 0 all inputs succeeded, 1 some failed (the rest still written), 2 usage error.
+Exit codes: 0 all inputs succeeded, 1 some failed (the rest still written), 2 usage error
+(a bad option, an --out that cannot be written, annotations with nothing to evaluate),
+130 interrupted. Every failure is one line on stderr naming the file or option.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
 
 # One module per subcommand, in the order ``cameras --help`` lists them.
 SUBCOMMANDS = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]
@@ -37,13 +41,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings_as_lines():
+            return args.run(args)
     except UsageError as error:
-        print(f"cameras {args.command}: error: {error}", file=sys.stderr)
+        from ..images import shown
+
+        print(shown(f"cameras {args.command}: error: {error}"), file=sys.stderr)
         return 2
+    except OSError as error:
+        # A file that could not be written or read outside the per-input loops (a summary,
+        # a table): one line naming it, not a traceback.
+        reason = error.strerror or str(error)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"cameras {args.command}: error: {where}{reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cameras {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Print each warning as one line of its own (through ``tqdm.write``, which lifts a
+    progress bar out of the way) instead of Python's two-line form, which would run
+    into a bar drawn on the same terminal line."""
+    from .common import note
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        note(f"warning: {category.__name__}: {message}".replace("\n", " "), error=True)
+
+    original = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 if __name__ == "__main__":

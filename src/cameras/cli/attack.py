@@ -25,6 +25,7 @@ from ..attack import (
     to_uint8,
 )
 from ..images import ImageError
+from ..pipeline import OutputGuard
 from ..viz import perturbation_figure, save_png
 from .common import (
     add_model_arguments,
@@ -41,6 +42,7 @@ from .common import (
     progress_bar,
     refuse_overwrite,
     usage_error,
+    write_failure,
 )
 
 JSONL = "attack.jsonl"
@@ -135,12 +137,12 @@ def add_parser(subparsers) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     if args.steps < 0:
         raise usage_error(f"--steps {args.steps}: must be 0 or more")
-    if not args.beta >= 0:
-        raise usage_error(f"--beta {args.beta}: must be 0 or more")
+    if not 0 <= args.beta < float("inf"):
+        raise usage_error(f"--beta {args.beta}: must be a finite number, 0 or more")
     if args.beta_patience is not None and args.beta_patience < 1:
         raise usage_error(f"--beta-patience {args.beta_patience}: must be 1 or more")
-    if args.step_size is not None and not args.step_size > 0:
-        raise usage_error(f"--step-size {args.step_size}: must be positive")
+    if args.step_size is not None and not 0 < args.step_size < float("inf"):
+        raise usage_error(f"--step-size {args.step_size}: must be a positive finite number")
     if args.eps is not None and not args.eps > 0:
         raise usage_error(f"--eps {args.eps}: must be positive")
     if args.method != "none":
@@ -155,9 +157,9 @@ def run(args: argparse.Namespace) -> int:
     target = parse_class("--target", args.target, session)
     step_size = args.step_size if args.step_size is not None else DEFAULT_STEP_SIZE[args.norm]
     images, failures = gather_images(args.paths, args.out)
-    inputs = {p.resolve() for p in images}
+    inputs = OutputGuard(images)
     jsonl = args.out / JSONL
-    if jsonl.resolve() in inputs or (args.out / SUMMARY).resolve() in inputs:
+    if inputs.covers(jsonl) or inputs.covers(args.out / SUMMARY):
         raise usage_error(f"--out {args.out}: {JSONL} would overwrite an input; choose another")
     settings = {
         "norm": args.norm,
@@ -168,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
         "early_stop": args.early_stop,
     }
     rows: list[dict] = []
-    pairs = list(zip(images, output_stems(images), strict=True))
+    name = args.method
+    patterns = [f"{{stem}}_adversarial_{name}.png", f"{{stem}}_perturbation_{name}.png"]
+    pairs = list(zip(images, output_stems(images, args.out, patterns), strict=True))
     with jsonl.open("w") as lines:
         for path, stem in progress_bar(pairs, desc="attack", unit="image", disable=len(images) < 2):
             try:
@@ -176,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
             except ImageError as error:
                 failures += 1
                 note(f"error: {error}", error=True)
+                continue
+            except OSError as error:  # this image's files; the others still run
+                failures += 1
+                note(f"error: {path}: {write_failure(error)}", error=True)
                 continue
             lines.write(json.dumps(row) + "\n")
             lines.flush()

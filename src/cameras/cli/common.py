@@ -55,12 +55,31 @@ def split_names(text: str) -> list[str]:
 
 
 def parse_scales(text: str) -> list[int]:
+    """ "224,324" -> [224, 324]: positive sizes in ascending order, checked while parsing
+    so a bad value is a usage error naming --scales, before the model is loaded."""
     try:
-        return [int(part) for part in split_names(text)]
+        scales = [int(part) for part in split_names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--scales {text!r}: expected comma-separated sizes like 224,324,424"
         ) from None
+    if not scales:
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: give at least one size")
+    if min(scales) < 1:
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: sizes must be positive")
+    if any(b <= a for a, b in zip(scales, scales[1:], strict=False)):
+        raise argparse.ArgumentTypeError(
+            f"--scales {text!r}: sizes must be in ascending order, none twice"
+        )
+    return scales
+
+
+def check_cmap(option: str, name: str) -> None:
+    """A usage error, before any work, for a name that is not a matplotlib colour map."""
+    from matplotlib import colormaps
+
+    if name not in colormaps:
+        raise usage_error(f"{option} {name}: not a matplotlib colour map (try jet, viridis)")
 
 
 def parse_methods(option: str, names: list[str]) -> list[str]:
@@ -190,7 +209,8 @@ def parse_classes(option: str, text: str | None, session: Session) -> list[int] 
 
 
 def check_output_folder(out: Path, inputs: list[str]) -> None:
-    """Refuse an --out that is a file or an input folder: outputs could replace inputs."""
+    """Refuse, before any work, an --out that is a file, an input folder (outputs could
+    replace inputs), or a folder that cannot be created or written to; creates it."""
     if out.exists() and not out.is_dir():
         raise usage_error(f"--out {out}: exists and is not a folder")
     resolved = out.resolve()
@@ -198,6 +218,22 @@ def check_output_folder(out: Path, inputs: list[str]) -> None:
         path = Path(raw)
         if path.is_dir() and path.resolve() == resolved:
             raise usage_error(f"--out {out}: is an input folder; choose another folder")
+    check_writable_folder("--out", out)
+
+
+def check_writable_folder(option: str, folder: Path) -> None:
+    """Create ``folder`` (and its parents) and write a probe file in it; a usage error
+    naming the option when either fails, so no work is done for results that cannot be
+    kept. (A permission check alone would pass for root on a read-only mount.)"""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".cameras-probe-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise usage_error(f"{option} {folder}: cannot write there ({reason})") from None
 
 
 def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
@@ -207,24 +243,46 @@ def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
 
     images, errors = find_images(paths)
     for line in errors:
-        print(f"error: {line}", file=sys.stderr)
+        note(f"error: {line}", error=True)
     out.mkdir(parents=True, exist_ok=True)
     return images, len(errors)
 
 
-def output_stems(images: list[Path]) -> list[str]:
-    """<stem> per image, with -2, -3, ... added when two inputs share a stem."""
-    from ..pipeline import image_tasks
+def output_stems(
+    images: list[Path], out: Path | None = None, patterns: Iterable[str] = ()
+) -> list[str]:
+    """A distinct <stem> per image (``pipeline.image_tasks``): -2, -3, ... added when two
+    inputs share a stem, or when a name ``out / pattern.format(stem=...)`` would replace
+    an input."""
+    from ..pipeline import OutputGuard, image_tasks
 
-    return [task.stem for task in image_tasks(images)]
+    guard = OutputGuard(images)
+    patterns = list(patterns)
+
+    def clashes(stem: str) -> bool:
+        return out is not None and any(
+            guard.covers(out / pattern.format(stem=stem)) for pattern in patterns
+        )
+
+    return [task.stem for task in image_tasks(images, clashes)]
 
 
-def refuse_overwrite(path: Path, inputs: set[Path], source: Path) -> None:
-    """ImageError when writing ``path`` would replace one of the inputs."""
+def refuse_overwrite(path: Path, inputs, source: Path) -> None:
+    """ImageError when writing ``path`` would replace one of the inputs
+    (``inputs``: a ``pipeline.OutputGuard``, or a set of resolved paths)."""
     from ..images import ImageError
 
-    if path.resolve() in inputs:
+    covered = inputs.covers(path) if hasattr(inputs, "covers") else path.resolve() in inputs
+    if covered:
         raise ImageError(f"{source}: output {path.name} would overwrite an input; use --out")
+
+
+def write_failure(error: OSError, path: Path | None = None) -> str:
+    """An OSError from writing a file (``path``, when the error does not name it), as
+    the tail of one line: "cannot write FILE (reason)"."""
+    reason = error.strerror or str(error)
+    target = error.filename or path
+    return f"cannot write {target} ({reason})" if target else f"cannot write ({reason})"
 
 
 def progress_bar(items: Iterable | None = None, **options) -> tqdm:
@@ -236,8 +294,11 @@ def progress_bar(items: Iterable | None = None, **options) -> tqdm:
 
 
 def note(line: str, error: bool = False) -> None:
-    """Print one line without breaking a progress bar (stdout, or stderr for errors)."""
-    tqdm.write(line, file=sys.stderr if error else sys.stdout)
+    """Print one line without breaking a progress bar (stdout, or stderr for errors);
+    control characters (from odd file names) are escaped so it stays one line."""
+    from ..images import shown
+
+    tqdm.write(shown(line), file=sys.stderr if error else sys.stdout)
 
 
 def add_rule_argument(parser: argparse.ArgumentParser) -> None:

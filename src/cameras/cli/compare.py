@@ -20,6 +20,7 @@ from ..viz import Panel, comparison_figure, difference_map, save_figure
 from .common import (
     DEVICES,
     add_rule_argument,
+    check_writable_folder,
     method_of,
     open_session,
     parse_classes,
@@ -28,6 +29,7 @@ from .common import (
     progress_bar,
     split_names,
     usage_error,
+    write_failure,
 )
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).
@@ -124,6 +126,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         raise usage_error(f"--out {out}: is a folder; give a file name such as figure.png")
     if out.suffix.lower() not in _FORMATS:
         raise usage_error(f"--out {out}: use one of {', '.join(sorted(_FORMATS))}")
+    check_writable_folder("--out", out.parent)
     if out.resolve() == args.image.resolve() or (
         out.exists() and args.image.exists() and out.samefile(args.image)
     ):
@@ -218,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
         photo_title=f"{args.image.name} ({image.width}\u00d7{image.height})",
         diff_labels=diff_labels,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    width, height = save_figure(figure, args.out, colors=args.colors)
+    try:
+        width, height = save_figure(figure, args.out, colors=args.colors)
+    except OSError as error:
+        print(f"error: {args.image}: {write_failure(error, args.out)}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {len(rows)} rows x {len(method_names)} methods, {width}x{height} pixels")
     return 0

@@ -34,6 +34,7 @@ from .common import (
     add_out_argument,
     add_scale_out_arguments,
     check_scale_out,
+    check_writable_folder,
     note,
     open_session,
     parse_methods,
@@ -128,6 +129,13 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise usage_error(f"--limit {args.limit}: must be at least 1")
     parse_methods("--methods", args.methods)
+    if args.steps < 1:
+        raise usage_error(f"--steps {args.steps}: must be at least 1")
+    if not 0 <= args.tolerance < float("inf"):
+        raise usage_error(f"--tolerance {args.tolerance}: must be a finite number, 0 or more")
+    if args.out.exists() and not args.out.is_dir():
+        raise usage_error(f"--out {args.out}: exists and is not a folder")
+    check_writable_folder("--out", args.out)
     try:
         settings = EvalSettings(
             methods=tuple(args.methods),
@@ -154,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise usage_error(str(error)) from None
     records = annotations.records[: args.limit] if args.limit else annotations.records
+    if not records:
+        for line in annotations.errors:
+            print(f"error: {line}", file=sys.stderr)
+        unreadable = f" ({len(annotations.errors)} unreadable)" if annotations.errors else ""
+        raise usage_error(f"{args.data}: no annotated images to evaluate{unreadable}")
     store = ResultStore(args.out)
     identity = settings_record(
         settings, data=str(Path(args.data).resolve()), model=args.model, weights=_path(args)
@@ -188,6 +201,13 @@ def run(args: argparse.Namespace) -> int:
         stream = evaluate_local(todo, prep, evaluator, args.workers, args.batch_size)
     failures += _save(stream, store, len(todo))
     rows = store.rows()
+    if not rows:
+        print(
+            f"cameras evaluate: error: {args.data}: no image could be evaluated "
+            f"(see the errors above and {args.out / 'problems.txt'})",
+            file=sys.stderr,
+        )
+        return 1
     summaries = summarise(rows, settings.methods, settings.metrics)
     table = summary_markdown(summaries)
     write_summary(summaries, args.out / "summary.csv")

@@ -10,6 +10,7 @@ from .common import (
     add_out_argument,
     add_rule_argument,
     add_scale_out_arguments,
+    check_cmap,
     check_output_folder,
     check_scale_out,
     gather_images,
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise usage_error(f"--alpha {args.alpha}: must be between 0 and 1")
     parse_methods("--method", [args.method])
+    check_cmap("--cmap", args.cmap)
     check_output_folder(args.out, args.paths)
     ray_address = check_scale_out(args)
     actor_device = args.device
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     method = method_of(session, args.method)
     target = parse_class("--class", args.target, session)
     images, failures = gather_images(args.paths, args.out)
-    tasks = image_tasks(images)
+    writer = ImageWriter(args.out, method.name, images, target)
+    tasks = image_tasks(images, writer.clashes)
     if ray_address is not None:
         from ..distributed import ExplainJob, explain_ray
 
@@ -113,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         if result.warning:
             note(f"  warning: {result.warning}", error=True)
 
-    writer = ImageWriter(args.out, method.name, images, target)
     try:
         failures += save_explanations(stream, writer, args.cmap, args.alpha, report)
     except RuntimeError as error:

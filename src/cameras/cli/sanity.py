@@ -23,6 +23,7 @@ from ..metrics.sanity import (
     sanity_check,
     similarity_markdown,
 )
+from ..pipeline import OutputGuard
 from ..viz import sanity_figure, similarity_figure
 from .common import (
     add_model_arguments,
@@ -40,6 +41,7 @@ from .common import (
     require_extra,
     split_names,
     usage_error,
+    write_failure,
 )
 
 CSV_FIELDS = ["image", "method", "mode", "step", "label", *SIMILARITIES]
@@ -104,17 +106,19 @@ def run(args: argparse.Namespace) -> int:
     images, failures = gather_images(args.paths, args.out)
     if not images:
         return 1
-    inputs = {p.resolve() for p in images}
+    inputs = OutputGuard(images)
     table_path = args.out / "sanity.csv"
-    if table_path.resolve() in inputs:
-        raise usage_error(f"--out {args.out}: sanity.csv would overwrite an input")
+    for fixed in ("sanity.csv", "sanity_summary.md", "sanity_similarity.png"):
+        if inputs.covers(args.out / fixed):
+            raise usage_error(f"--out {args.out}: {fixed} would overwrite an input")
     all_rows: list[dict] = []
     total = len(images) * (len(steps) + 1) * len(factories)
     progress = progress_bar(total=total, desc="sanity", unit="map")
     with open(table_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, CSV_FIELDS)
         writer.writeheader()
-        for path, stem in zip(images, output_stems(images), strict=True):
+        stems = output_stems(images, args.out, ["{stem}_sanity.png"])
+        for path, stem in zip(images, stems, strict=True):
             figure_path = args.out / f"{stem}_sanity.png"
             try:
                 refuse_overwrite(figure_path, inputs, path)
@@ -144,7 +148,12 @@ def run(args: argparse.Namespace) -> int:
             all_rows.extend(rows)
             chosen = session.class_label(result.targets[0])
             title = f"{path.name}: {chosen}, {args.mode} randomisation from the logits down"
-            sanity_figure(result, session.pixels(x), figure_path, title=title)
+            try:
+                sanity_figure(result, session.pixels(x), figure_path, title=title)
+            except OSError as error:  # this image's failure; the others still run
+                failures += 1
+                note(f"error: {path}: {write_failure(error, figure_path)}", error=True)
+                continue
             note(f"{path}: {chosen} -> {figure_path}", error=True)
     progress.close()
     if all_rows:

@@ -61,7 +61,7 @@ def _check_port(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise usage_error(f"--port {args.port}: must be between 1 and 65535")
-    if args.max_upload_mb <= 0:
+    if not 0 < args.max_upload_mb < float("inf"):
         raise usage_error(f"--max-upload-mb {args.max_upload_mb}: must be positive")
     if args.max_side < 1:
         raise usage_error(f"--max-side {args.max_side}: must be positive")
