@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .budget import MemoryBudgetError
 from .images import ImageError, load_image, resize_map
 from .methods import SaliencyMethod
 from .session import top_classes
@@ -148,7 +149,13 @@ class ImageExplainer:
             members = [items[good[b]] for b in batch]
             # torch.as_tensor: a Keras model's inputs and results are NumPy arrays.
             x = torch.stack([torch.as_tensor(item.x) for item in members])
-            explained = self.method(x, targets=self.target)
+            try:
+                explained = self.method(x, targets=self.target)
+            except MemoryBudgetError as error:  # over the budget: these images fail, not all
+                for b in batch:
+                    task = items[good[b]].task
+                    results[good[b]] = ImageResult(task, None, error=f"{task.path}: {error}")
+                continue
             maps = torch.as_tensor(explained.maps)
             for j, item in enumerate(members):
                 height, width = item.pixels.shape[:2]
@@ -175,13 +182,15 @@ class RenderedFiles:
 
 def render_outputs(result: ImageResult, cmap: str = "jet", alpha: float = 0.5) -> RenderedFiles:
     """The overlay (at the image's size) and the map, encoded; pure, runs anywhere."""
-    from .viz import overlay
+    from .viz import npy_bytes, overlay
 
-    picture = overlay(Image.fromarray(result.pixels), result.saliency, cmap, alpha)
-    png, npy = io.BytesIO(), io.BytesIO()
+    # One full-size picture at a time: the overlay is encoded and dropped before the map's
+    # file is built (a 12000 x 12000 photo's map alone is 576 MB).
+    picture = overlay(result.pixels, result.saliency, cmap, alpha)
+    png = io.BytesIO()
     picture.save(png, format="PNG")
-    np.save(npy, result.saliency)
-    return RenderedFiles(png.getvalue(), npy.getvalue())
+    del picture
+    return RenderedFiles(png.getvalue(), npy_bytes(result.saliency))
 
 
 class ImageWriter:

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from ..budget import MemoryBudgetError
+
 # One module per subcommand, in the order ``cameras --help`` lists them.
 SUBCOMMANDS = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]
 
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as error:
+        print(f"cameras {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except MemoryBudgetError as error:  # a request over the memory budget (cameras.budget)
         print(f"cameras {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
