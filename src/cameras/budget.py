@@ -155,24 +155,31 @@ def check_call(
             break
     scale, (height, width) = scales[count - 1], sizes[count - 1]
     needed = cost.call_bytes(pixel_counts[:count], batch)
-    aspect = width / height
-    fits = largest_fitting_scale(cost, aspect, batch, budget)
+    fits = largest_fitting_scale(cost, pixel_counts[: count - 1], width / height, batch, budget)
     hint = f"scales up to about {fits} fit" if fits else "no scale fits"
     images = f" for a batch of {batch}" if batch > 1 else ""
     raise MemoryBudgetError(
-        f"scale {scale} ({height} x {width} pixels) needs about {needed / 2**30:.1f} GB"
-        f"{images} for this model, over the memory budget of {budget / 2**30:g} GB "
-        f"({BUDGET_VARIABLE}); {hint}"
+        f"scale {scale} ({height} x {width} pixels) needs about {_size(needed)}{images} for "
+        f"this model, over the memory budget of {_size(budget)} ({BUDGET_VARIABLE}); {hint}"
     )
 
 
-def largest_fitting_scale(cost: PassCost, aspect: float, batch: int, budget: int) -> int:
-    """The largest shorter side s whose single pass (an input of aspect ``aspect``,
-    width / height) fits the budget; 0 if none does."""
+def _size(count: float) -> str:
+    """Bytes as "2 GB", "17.2 GB" or "350 MB"."""
+    if count >= 2**30:
+        return f"{count / 2**30:.3g} GB"
+    return f"{count / 2**20:.3g} MB"
+
+
+def largest_fitting_scale(
+    cost: PassCost, before: Sequence[int], aspect: float, batch: int, budget: int
+) -> int:
+    """The largest shorter side s such that a call over scales of ``before`` pixels and
+    then one at s (an input of aspect ``aspect``, width / height) fits; 0 if none does."""
 
     def fits(side: int) -> bool:
-        pixels = side * side * min(max(aspect, 1 / aspect), MAX_ASPECT)
-        return batch * cost.scale_bytes(int(pixels)) <= budget
+        pixels = int(side * side * min(max(aspect, 1 / aspect), MAX_ASPECT))
+        return cost.call_bytes([*before, pixels], batch) <= budget
 
     if not fits(1):
         return 0
