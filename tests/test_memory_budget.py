@@ -184,7 +184,8 @@ _CHILD = """
 import resource, sys
 from cameras.cli import main
 code = main(sys.argv[1:])
-peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+peak = max(resource.getrusage(w).ru_maxrss for w in who)
 print(f"PEAK_KB {peak}")
 sys.exit(code)
 """
