@@ -88,6 +88,14 @@ def test_a_call_over_the_budget_is_refused_and_says_what_fits(monkeypatch):
     assert refused(x).maps.shape == (1, 64, 96)  # a larger budget lets it run
 
 
+def test_a_baseline_on_a_huge_input_is_refused_before_its_pass(monkeypatch):
+    monkeypatch.setenv("CAMERAS_MEMORY_GB", "0.005")
+    method = cameras.GradCAM(TinyNet().eval(), layer="features")
+    with pytest.raises(MemoryBudgetError, match=r"^scale 2000 \(2000 x 3000 pixels\) needs"):
+        method(torch.zeros(1, 3, 2000, 3000))
+    assert method(torch.randn(1, 3, 64, 96)).maps.shape == (1, 64, 96)
+
+
 @pytest.mark.parametrize("text", ["lots", "-1", "0", "nan"])
 def test_a_bad_budget_variable_is_named(monkeypatch, text):
     monkeypatch.setenv("CAMERAS_MEMORY_GB", text)

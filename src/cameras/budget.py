@@ -103,6 +103,30 @@ class PassCost:
         return batch * (largest + kept)
 
 
+# The probe pass runs at most this many pixels: a large input is probed on a smaller copy
+# (the cost per pixel of a convolutional network does not depend on the size).
+PROBE_PIXELS = MAX_ASPECT * 224 * 224
+
+
+def method_pass_cost(method, x: torch.Tensor) -> PassCost | None:
+    """A saliency method's ``PassCost``, probed on its first call (on ``x``, or a copy of
+    it shrunk to ``PROBE_PIXELS``) and kept on the method; None for a model that is not a
+    torch module (a Keras model: only the aspect cap applies)."""
+    if not isinstance(method.model, nn.Module):
+        return None
+    cost = getattr(method, "_pass_cost", None)
+    if cost is None:
+        sample = x[:1]
+        height, width = sample.shape[2:]
+        if height * width > PROBE_PIXELS:
+            shrink = math.sqrt(PROBE_PIXELS / (height * width))
+            size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+            sample = torch.nn.functional.interpolate(sample, size=size, mode="bilinear")
+        cost = probe_pass_cost(method.model, method.layer, sample)
+        method._pass_cost = cost
+    return cost
+
+
 def probe_pass_cost(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> PassCost:
     """One no-grad forward pass of ``x[:1]`` (its own size) with a hook on every module,
     recording the largest input + output bytes of any module and the layer's output bytes,

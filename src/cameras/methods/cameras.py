@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..budget import PassCost, capped_size, check_call, is_extreme, nominal_side, probe_pass_cost
+from ..budget import capped_size, check_call, is_extreme, method_pass_cost, nominal_side
 from ..capture import LayerCapture, LayerSpec
 from ..fusion import fuse_scales
 from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
@@ -132,19 +132,10 @@ class CAMERAS(SaliencyMethod):
             return list(self.scales)
         return default_scales(nominal_side(height, width))
 
-    def _pass_cost(self, x: torch.Tensor) -> PassCost | None:
-        """Bytes per input pixel of a pass (probed once per method); None when unknown
-        (a Keras model: only the aspect cap applies)."""
-        if not isinstance(self.model, nn.Module):
-            return None
-        if getattr(self, "_cost", None) is None:
-            self._cost = probe_pass_cost(self.model, self.layer, x)
-        return self._cost
-
     def check_budget(self, x: torch.Tensor, scales: list[int]) -> None:
         """Refuse (``MemoryBudgetError``, saying which scales fit) a call on the batch ``x``
         whose estimated memory exceeds the budget (``cameras.budget``)."""
-        cost = self._pass_cost(x)
+        cost = method_pass_cost(self, x)
         if cost is None:
             return
         height, width = x.shape[2:]
