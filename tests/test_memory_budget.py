@@ -294,3 +294,21 @@ def test_a_huge_photo_gets_its_map_and_overlay_within_the_budget(extreme_inputs,
     del saliency
     with Image.open(tmp_path / "huge_cameras.png") as picture:
         assert picture.size == (12000, 12000) and picture.mode == "RGB"
+
+
+def test_other_subcommands_refuse_over_the_budget_in_one_line(lite0, chelsea, tmp_path, capsys):
+    """compare (like sanity, attack and evaluate) stops with one line and exit 2."""
+    from cameras.cli import main
+
+    photo = tmp_path / "chelsea.png"
+    chelsea.save(photo)
+    out = tmp_path / "figure.png"
+    code = main(
+        ["compare", str(photo), "--methods", "cameras", "--scales", "5000", "--out", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("cameras compare: error: scale 5000 (5000 x 7522 pixels) needs")
+    assert not out.exists()
