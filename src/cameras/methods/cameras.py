@@ -77,9 +77,7 @@ def resize_to_scale_size(height: int, width: int, scale: int) -> tuple[int, int]
 def resize_to_scale(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic resize of a (B, C, H, W) batch so its shorter side is ``scale``."""
     height, width = x.shape[2:]
-    if scale == nominal_side(height, width):
-        return x
-    size = resized_size(height, width, scale)
+    size = resize_to_scale_size(height, width, scale)
     if size == (height, width):
         return x
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
