@@ -483,7 +483,8 @@ class RenderProcess:
     measured, it cost ~10 % of the model's speed. In its own process it costs nothing but
     a core that decoding leaves mostly idle. ``submit`` returns a future of the files; if
     the process dies (killed, out of memory), ``files`` renders the unfinished images in
-    the calling thread instead, so a lost process loses no image.
+    the calling thread instead, so a lost process loses no image. Images above
+    ``LARGEST_IMAGE_BYTES`` stay in the writer thread (``takes``).
     """
 
     def __init__(self, cmap: str, alpha: float) -> None:
@@ -501,6 +502,15 @@ class RenderProcess:
             initargs=(1,),
         )
         self._broken = False
+
+    # Larger images are rendered by the writer thread instead: handing one to the process
+    # copies it (and its map) there and back, which costs more memory than the lock.
+    LARGEST_IMAGE_BYTES = 64 * 2**20
+
+    @classmethod
+    def takes(cls, result: ImageResult) -> bool:
+        """Whether ``result`` is rendered in the process (not too large to copy)."""
+        return result.pixels is not None and result.pixels.nbytes <= cls.LARGEST_IMAGE_BYTES
 
     def submit(self, result: ImageResult):
         from concurrent.futures import Future
@@ -573,7 +583,7 @@ def save_explanations(
     try:
         with BackgroundWriter(write) as background_writer:
             for result, files in stream:
-                if files is None and result.error is None:
+                if files is None and result.error is None and RenderProcess.takes(result):
                     renderer = renderer or RenderProcess(cmap, alpha)
                     files = renderer.submit(result)
                 background_writer.submit((result, files))
