@@ -88,6 +88,22 @@ def test_a_call_over_the_budget_is_refused_and_says_what_fits(monkeypatch):
     assert refused(x).maps.shape == (1, 64, 96)  # a larger budget lets it run
 
 
+def test_the_budget_is_per_image_so_a_batch_is_not_refused(monkeypatch):
+    """A scale that fits for one image also runs for a batch of eight (the batch size is
+    the caller's choice; README: "a batch of B images may use B times it")."""
+    monkeypatch.setenv("CAMERAS_MEMORY_GB", "0.005")
+    model = TinyNet().eval()
+    x = torch.randn(8, 3, 64, 96)
+    probe = cameras.CAMERAS(model, layer="features", scales=[64, 5000])
+    with pytest.raises(MemoryBudgetError) as caught:
+        probe(x[:1])
+    fits = int(str(caught.value).rsplit("scales up to about ", 1)[1].split()[0])
+    one = cameras.CAMERAS(model, layer="features", scales=[64, fits])
+    batch = one(x).maps
+    assert batch.shape == (8, 64, 96)
+    torch.testing.assert_close(batch[3], one(x[3:4]).maps[0], atol=1e-5, rtol=0)
+
+
 def test_a_baseline_on_a_huge_input_is_refused_before_its_pass(monkeypatch):
     monkeypatch.setenv("CAMERAS_MEMORY_GB", "0.005")
     method = cameras.GradCAM(TinyNet().eval(), layer="features")

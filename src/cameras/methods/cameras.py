@@ -138,7 +138,9 @@ class CAMERAS(SaliencyMethod):
             return
         height, width = x.shape[2:]
         sizes = [tuple(resize_to_scale_size(height, width, s)) for s in scales]
-        check_call(cost, scales, sizes, x.shape[0])
+        # Per image: what an input and its scales cost is the budget's business; a batch
+        # (--batch-size, a caller's stack) multiplies it by the caller's own choice.
+        check_call(cost, scales, sizes, batch=1)
 
     def rule_for(self, targets: torch.Tensor | None) -> str:
         """The scale rule of a call: the one asked for, else by whether a class was given."""

@@ -24,7 +24,7 @@ class _SingleScaleCAM(SaliencyMethod):
     def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
         cost = method_pass_cost(self, x)  # one pass at the input's size: within the budget?
         if cost is not None:
-            check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], x.shape[0])
+            check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], batch=1)
         step, used = capture.run(x, top1_of if targets is None else targets)
         low = self.layer_map(step.activations, step.gradients).clamp(min=0)
         # A token grid padded to whole patches spans more than the input (fusion.resize_grid).
