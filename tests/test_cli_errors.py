@@ -325,13 +325,13 @@ def test_warnings_never_run_into_a_progress_bar(monkeypatch, tmp_path, photos):
     """On a terminal the bar is drawn; a warning raised mid-run is a line of its own."""
     import cameras.pipeline
 
-    real_resize = cameras.pipeline.resize_map
+    real_top_classes = cameras.pipeline.top_classes
 
-    def resize_with_a_warning(*args, **kwargs):
+    def top_classes_with_a_warning(*args, **kwargs):  # runs in the model's process
         warnings.warn("careful: odd pixels", UserWarning, stacklevel=1)
-        return real_resize(*args, **kwargs)
+        return real_top_classes(*args, **kwargs)
 
-    monkeypatch.setattr(cameras.pipeline, "resize_map", resize_with_a_warning)
+    monkeypatch.setattr(cameras.pipeline, "top_classes", top_classes_with_a_warning)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with warnings.catch_warnings():

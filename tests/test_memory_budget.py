@@ -204,12 +204,16 @@ def extreme_inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 # Runs the CLI in this child and prints the largest resident set of it and its children.
+# Its own peak is VmHWM (this process image's high-water mark): getrusage's RUSAGE_SELF
+# keeps, across exec, the peak of the process it was forked from (pytest, GBs in a full
+# run). Its children (decoding workers, the render process) are forks of it: RUSAGE_CHILDREN.
 _CHILD = """
 import resource, sys
 from cameras.cli import main
 code = main(sys.argv[1:])
-who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-peak = max(resource.getrusage(w).ru_maxrss for w in who)
+with open("/proc/self/status") as status:
+    own = max(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(f"PEAK_KB {peak}")
 sys.exit(code)
 """
