@@ -481,10 +481,11 @@ class RenderProcess:
     drives the model, holds the interpreter lock in many short spells, and each spell
     delays the model's next Python step (its hooks, autograd) by up to a switch interval;
     measured, it cost ~10 % of the model's speed. In its own process it costs nothing but
-    a core that decoding leaves mostly idle. ``submit`` returns a future of the files; if
-    the process dies (killed, out of memory), ``files`` renders the unfinished images in
-    the calling thread instead, so a lost process loses no image. Images above
-    ``LARGEST_IMAGE_BYTES`` stay in the writer thread (``takes``).
+    a core that decoding leaves mostly idle. ``submit`` returns a future of the files, or
+    None once the process has died (killed, out of memory): the writer thread renders
+    those, and ``files`` renders the images the process left unfinished, so a lost
+    process loses no image. Images above ``LARGEST_IMAGE_BYTES`` stay in the writer
+    thread too (``takes``).
     """
 
     def __init__(self, cmap: str, alpha: float) -> None:
@@ -513,16 +514,16 @@ class RenderProcess:
         return result.pixels is not None and result.pixels.nbytes <= cls.LARGEST_IMAGE_BYTES
 
     def submit(self, result: ImageResult):
-        from concurrent.futures import Future
+        """A future of ``result``'s files, or None when the process is gone."""
+        from concurrent.futures import BrokenExecutor
 
-        if not self._broken:
-            try:
-                return self._pool.submit(render_outputs, result, self.cmap, self.alpha)
-            except RuntimeError:  # BrokenProcessPool (a RuntimeError): render here now
-                self._broken = True
-        done: Future = Future()
-        done.set_result(render_outputs(result, self.cmap, self.alpha))
-        return done
+        if self._broken:
+            return None
+        try:
+            return self._pool.submit(render_outputs, result, self.cmap, self.alpha)
+        except BrokenExecutor:
+            self._broken = True
+            return None
 
     def files(self, result: ImageResult, future) -> RenderedFiles:
         """The future's files; rendered here when the render process died first."""
