@@ -95,12 +95,18 @@ def test_pipeline_writes_the_same_files_as_one_at_a_time(photos, reference, tmp_
     assert firsts == [str(p) for p in sorted(photos.iterdir())]
 
 
-def test_pipeline_skips_a_broken_file_and_names_it(photos, reference, tmp_path, capsys):
+def photos_and_a_broken_file(photos: Path, tmp_path: Path) -> Path:
+    """A copy of the photos plus broken.png, which is not an image."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for path in photos.iterdir():
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "broken.png").write_text("not an image")
+    return folder
+
+
+def test_pipeline_skips_a_broken_file_and_names_it(photos, reference, tmp_path, capsys):
+    folder = photos_and_a_broken_file(photos, tmp_path)
     out = tmp_path / "out"
     argv = ["explain", str(folder), "--out", str(out), "--workers", "1", "--batch-size", "3"]
     assert main(argv + FAST) == 1
@@ -394,11 +400,7 @@ def test_bad_scale_out_arguments_are_usage_errors(photos, tmp_path, capsys):
 def test_explain_on_ray_writes_the_same_files_and_skips_a_broken_one(
     photos, reference, tmp_path, capsys
 ):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in photos.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    (folder / "broken.png").write_text("not an image")
+    folder = photos_and_a_broken_file(photos, tmp_path)
     out = tmp_path / "out"
     argv = ["explain", str(folder), "--out", str(out), "--batch-size", "2", *FAST, "--ray"]
     assert main(argv) == 1
