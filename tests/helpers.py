@@ -83,3 +83,18 @@ def assert_left_as_found(model: nn.Module, before: dict) -> None:
     assert after["hooks"] == before["hooks"], "a hook survived"
     assert after["attributes"] == before["attributes"], "a module attribute was added or removed"
     assert torch.is_grad_enabled(), "grad mode was not restored"
+
+
+# The memory tests' bound on the largest process (README, "Reliability").
+PEAK_LIMIT_BYTES = 3 * 2**30
+
+# Python lines for a child script: print "PEAK_KB <n>", the largest resident set of this
+# process image (VmHWM) and of the children it has waited for. Not getrusage's
+# RUSAGE_SELF: that keeps, across exec, the peak of the process it was forked from
+# (pytest, GBs in a full run).
+PRINT_PEAK = """
+import resource
+with open("/proc/self/status") as status:
+    own = max(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print("PEAK_KB", max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+"""

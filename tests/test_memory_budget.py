@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TinyNet
+from helpers import PEAK_LIMIT_BYTES, PRINT_PEAK, TinyNet
 from matplotlib import colormaps
 from PIL import Image
 
@@ -23,10 +23,8 @@ from cameras import budget, images, viz
 from cameras.budget import MAX_ASPECT, MemoryBudgetError, nominal_side
 from cameras.methods.cameras import default_scales, resized_size
 
-# Peak memory (resident set) allowed to any process of a `cameras explain` run on the
-# extreme inputs below; the README states the same figure.
-PEAK_LIMIT_BYTES = 3 * 2**30
-# The watchdog stops a run (the old code's) that goes far past it.
+# PEAK_LIMIT_BYTES (helpers) bounds any process of a `cameras explain` run on the extreme
+# inputs below. The watchdog stops a run (the old code's) that goes far past it.
 KILL_BYTES = 5 * 2**30
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -203,18 +201,13 @@ def extreme_inputs(tmp_path_factory) -> dict[str, Path]:
     return {"wide": wide, "photo": photo, "huge": huge}
 
 
-# Runs the CLI in this child and prints the largest resident set of it and its children.
-# Its own peak is VmHWM (this process image's high-water mark): getrusage's RUSAGE_SELF
-# keeps, across exec, the peak of the process it was forked from (pytest, GBs in a full
-# run). Its children (decoding workers, the render process) are forks of it: RUSAGE_CHILDREN.
-_CHILD = """
-import resource, sys
+# Runs the CLI in this child and prints the largest resident set of it and its children
+# (decoding workers, the render process).
+_CHILD = f"""
+import sys
 from cameras.cli import main
 code = main(sys.argv[1:])
-with open("/proc/self/status") as status:
-    own = max(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-print(f"PEAK_KB {peak}")
+{PRINT_PEAK}
 sys.exit(code)
 """
 

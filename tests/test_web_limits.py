@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PEAK_LIMIT_BYTES, PRINT_PEAK
 from PIL import Image
 
 from cameras import web
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-PEAK_LIMIT_BYTES = 3 * 2**30  # as tests/test_memory_budget.py and the README
 
 
 def test_the_working_copy_of_a_large_photo():
@@ -57,11 +57,8 @@ again = web.handle_opacity(done["done"], 0.2, folders)
 maps_after = sorted(folders.root.rglob("*.npy"))
 print("MAPS", len(maps_before), len(maps_after), again["files"][1] == done["files"][1])
 print("OVERLAY", Image.open(again["files"][0]).size)
-# VmHWM, not RUSAGE_SELF: the latter keeps the peak of the process this one was forked
-# from (pytest) across exec.
-with open("/proc/self/status") as status:
-    print("PEAK_KB", max(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM:")))
 """
+_UPLOAD += PRINT_PEAK
 
 
 def test_an_8000_pixel_upload_is_bounded(tmp_path):
