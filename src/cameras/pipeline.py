@@ -261,10 +261,17 @@ class ImageWriter:
             try:
                 path.write_bytes(data)
             except OSError as error:
-                reason = error.strerror or str(error)
-                raise ImageError(f"{result.task.path}: cannot write {path} ({reason})") from None
+                raise ImageError(f"{result.task.path}: {write_failure(error, path)}") from None
             self.written.add(same_name(path))
         return png
+
+
+def write_failure(error: OSError, path: Path | None = None) -> str:
+    """An OSError from writing a file (``path``, when the error does not name it), as
+    the tail of one line: "cannot write FILE (reason)"."""
+    reason = error.strerror or str(error)
+    target = error.filename or path
+    return f"cannot write {target} ({reason})" if target else f"cannot write ({reason})"
 
 
 def same_name(path: Path) -> str:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..classes import ClassError
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
+from ..pipeline import OutputGuard, image_tasks
 from ..session import Session
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -254,8 +255,6 @@ def output_stems(
     """A distinct <stem> per image (``pipeline.image_tasks``): -2, -3, ... added when two
     inputs share a stem, or when a name ``out / pattern.format(stem=...)`` would replace
     an input."""
-    from ..pipeline import OutputGuard, image_tasks
-
     guard = OutputGuard(images)
     patterns = list(patterns)
 
@@ -267,22 +266,12 @@ def output_stems(
     return [task.stem for task in image_tasks(images, clashes)]
 
 
-def refuse_overwrite(path: Path, inputs, source: Path) -> None:
-    """ImageError when writing ``path`` would replace one of the inputs
-    (``inputs``: a ``pipeline.OutputGuard``, or a set of resolved paths)."""
+def refuse_overwrite(path: Path, inputs: OutputGuard, source: Path) -> None:
+    """ImageError when writing ``path`` would replace one of the inputs."""
     from ..images import ImageError
 
-    covered = inputs.covers(path) if hasattr(inputs, "covers") else path.resolve() in inputs
-    if covered:
+    if inputs.covers(path):
         raise ImageError(f"{source}: output {path.name} would overwrite an input; use --out")
-
-
-def write_failure(error: OSError, path: Path | None = None) -> str:
-    """An OSError from writing a file (``path``, when the error does not name it), as
-    the tail of one line: "cannot write FILE (reason)"."""
-    reason = error.strerror or str(error)
-    target = error.filename or path
-    return f"cannot write {target} ({reason})" if target else f"cannot write ({reason})"
 
 
 def progress_bar(items: Iterable | None = None, **options) -> tqdm:

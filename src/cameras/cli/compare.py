@@ -15,6 +15,7 @@ from pathlib import Path
 from ..images import ImageError, load_image
 from ..methods import METHODS
 from ..models import DEFAULT_MODEL
+from ..pipeline import write_failure
 from ..session import Session
 from ..viz import Panel, comparison_figure, difference_map, save_figure
 from .common import (
@@ -29,7 +30,6 @@ from .common import (
     progress_bar,
     split_names,
     usage_error,
-    write_failure,
 )
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).

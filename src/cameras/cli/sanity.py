@@ -23,7 +23,7 @@ from ..metrics.sanity import (
     sanity_check,
     similarity_markdown,
 )
-from ..pipeline import OutputGuard
+from ..pipeline import OutputGuard, write_failure
 from ..viz import sanity_figure, similarity_figure
 from .common import (
     add_model_arguments,
@@ -41,7 +41,6 @@ from .common import (
     require_extra,
     split_names,
     usage_error,
-    write_failure,
 )
 
 CSV_FIELDS = ["image", "method", "mode", "step", "label", *SIMILARITIES]
