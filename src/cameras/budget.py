@@ -131,7 +131,7 @@ def probe_pass_cost(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Pass
     """One no-grad forward pass of ``x[:1]`` (its own size) with a hook on every module,
     recording the largest input + output bytes of any module and the layer's output bytes,
     per input pixel. The model's training flags are restored (``eval_mode``)."""
-    from .capture import dtype_errors, eval_mode, model_device, model_dtype
+    from .capture import dtype_errors, eval_mode, model_input
 
     largest = 0
     layer_bytes = 0
@@ -152,7 +152,7 @@ def probe_pass_cost(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Pass
     handles = [module.register_forward_hook(record) for module in model.modules()]
     try:
         with eval_mode(model), torch.no_grad(), dtype_errors(model):
-            model(x[:1].to(device=model_device(model), dtype=model_dtype(model)))
+            model(model_input(x[:1], model))
     finally:
         for handle in handles:
             handle.remove()
