@@ -508,3 +508,21 @@ def test_pool_plan_one_actor_per_gpu_or_per_machine():
     assert plan_pool(gpus, 2, None, "cpu") == PoolPlan(2, 0.0, 32)  # --device cpu: no GPUs
     assert plan_pool({"CPU": 12.0}, 3, None, "auto") == PoolPlan(3, 0.0, 4)
     assert plan_pool({"CPU": 2.0}, 1, None, "auto", max_threads=1) == PoolPlan(1, 0.0, 1)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_model_that_cannot_load_on_the_actors_fails_the_job_in_one_line(lite0, photos, tmp_path):
+    """The actor's constructor raises (here: a weights file the workers cannot read): the
+    job stops with RayJobError naming the cause, instead of restarting the actor forever."""
+    from cameras.distributed import ExplainJob, RayJobError, explain_ray
+    from cameras.pipeline import image_tasks
+
+    _, prep, _ = lite0
+    missing = tmp_path / "missing.pth"
+    job = ExplainJob("efficientnet_lite0", str(missing), "cpu", "cameras", None, (224,), None)
+    started = time.perf_counter()
+    with pytest.raises(RayJobError) as failure:
+        list(explain_ray(image_tasks(sorted(photos.iterdir())), job, prep, workers=1))
+    message = str(failure.value)
+    assert "\n" not in message and f"weights file {missing} does not exist" in message
+    assert time.perf_counter() - started < 60

@@ -1,20 +1,27 @@
-"""The same explain and evaluate jobs on Ray Data: one machine's cores, or a cluster.
+"""The same explain and evaluate jobs on Ray: one machine's cores, or a cluster.
 
 What runs where (the functions are ``cameras.pipeline``'s, unchanged):
 
 - reading and decoding (``decode_image`` / ``evaluation.load_item``): Ray tasks, on any
   node with a free CPU;
-- the model: a pool of Ray actors (``map_batches`` with a callable class), each loading
-  the model once, taking one GPU when the cluster has GPUs; rows arrive in batches of
-  ``batch_size`` and same-size images share forward passes;
-- explain's overlays and .npy bytes are rendered by Ray tasks after the model;
-- results stream back to the driver, which puts them back in input order and is the only
-  process that writes files.
+- the model: a pool of Ray actors, each loading the model once, taking one GPU when the
+  cluster has GPUs; each call computes a batch of ``batch_size`` decoded images (same-size
+  images share forward passes);
+- explain's overlays and .npy bytes: Ray tasks after the model;
+- the driver submits a bounded window of batches (``WINDOW_PER_ACTOR`` per actor, so at
+  most that many decoded images wait in memory), takes the results back in input order
+  and is the only process that writes files.
+
+It is Ray Core (tasks, actors, object references), not Ray Data: the job is a fixed list
+of inputs through three fixed stages, and Ray Data's executor, its statistics and
+autoscaling actors and its row format cost this job more than they gave (on a 2-core
+machine: about 5 s of start and 0.2 s of CPU per image; ``benchmarks/throughput.py``).
 
 Faults: a file that fails to decode comes back as an error result (reported by name,
-skipped). An actor that dies is restarted and its unfinished batches run again (Ray's
-``max_restarts`` / ``max_task_retries``); the driver keeps the first result of each input
-and drops any repeat, so nothing is lost or written twice.
+skipped). An actor that dies is restarted by Ray and the calls it had not finished run
+again (``max_restarts=-1``, ``max_task_retries=-1``); a decoding or rendering task whose
+worker dies is retried (Ray's default). Every result is fetched once through its own
+object reference, so nothing is lost or written twice.
 
 Ray is an optional dependency (``pip install 'cameras[ray]'``), imported only here and
 only when a run asks for it.
@@ -22,15 +29,12 @@ only when a run asks for it.
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-
-import numpy as np
 
 from .pipeline import (
     Explained,
@@ -48,7 +52,7 @@ _ADDRESS = re.compile(r"^(local|auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
 
 
 class RayUnavailable(RuntimeError):
-    """Ray (with Ray Data) is not installed; the message says how to install it."""
+    """Ray is not installed; the message says how to install it."""
 
 
 class RayJobError(RuntimeError):
@@ -60,7 +64,6 @@ def require_ray():
     """The ``ray`` module, or RayUnavailable saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401 - Ray Data is the part we use
     except ImportError:
         raise RayUnavailable(f"Ray is not installed; {INSTALL_HINT}") from None
     return ray
@@ -135,29 +138,19 @@ class EvaluateJob:
 
 
 # --------------------------------------------------------------------------------------
-# The stages, as Ray Data sees them: rows {"index": int, "payload": pickled object}
+# The stages: a task function, the model actor, explain's last step
 # --------------------------------------------------------------------------------------
 
 
-def _row(index: int, value: object) -> dict:
-    return {"index": index, "payload": pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)}
-
-
-class _MapPayload:
-    """A row stage: payload -> function(payload) (decoding, rendering).
+def _in_folder(function: Callable, folder: str | None, value: object) -> object:
+    """A Ray task's body: ``function(value)`` (decoding, rendering).
 
     folder: the driver's working folder; where it exists (this machine, or a cluster whose
-    machines share it) the stage runs there, so relative paths mean what they meant to
-    the user and messages name files as the user wrote them."""
-
-    def __init__(self, function: Callable, folder: str | None = None) -> None:
-        self.function = function
-        self.folder = folder
-
-    def __call__(self, row: dict) -> dict:
-        if self.folder and os.path.isdir(self.folder) and os.getcwd() != self.folder:
-            os.chdir(self.folder)
-        return _row(int(row["index"]), self.function(pickle.loads(row["payload"])))
+    machines share it) the task runs there, so relative paths mean what they meant to the
+    user and messages name files as the user wrote them."""
+    if folder and os.path.isdir(folder) and os.getcwd() != folder:
+        os.chdir(folder)
+    return function(value)
 
 
 class ModelActor:
@@ -171,12 +164,11 @@ class ModelActor:
             torch.set_num_threads(threads)
         self.compute = job.build(batch_size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [pickle.loads(payload) for payload in batch["payload"]]
-        results = self.compute(items)
-        payloads = np.empty(len(results), dtype=object)
-        payloads[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results]
-        return {"index": np.asarray(batch["index"]), "payload": payloads}
+    def compute_batch(self, *items) -> object:
+        results = self.compute(list(items))
+        # One object reference per result (``num_returns``); Ray wants the lone value,
+        # not a list of one, when there is one.
+        return results[0] if len(results) == 1 else tuple(results)
 
 
 def _render_for_driver(result: ImageResult, cmap: str, alpha: float) -> Explained:
@@ -242,7 +234,7 @@ def stream_ray(
 
     load: task -> item (Ray tasks); job.build(batch_size): the actors' compute;
     finish: result -> what the driver receives (Ray tasks), or None.
-    Raises RuntimeError if Ray returns fewer results than tasks.
+    Raises RayJobError when a task or actor fails for good (a model that cannot load).
     """
     started = connect(address)
     # On this machine, actors use no more threads than this process would (a user's
@@ -261,57 +253,73 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
+# Batches submitted per actor and not yet taken back by the driver: one computing, one
+# waiting with its images decoded, one being decoded or rendered. Fewer and an actor
+# waits for the driver; more only holds more decoded images in memory.
+WINDOW_PER_ACTOR = 3
+
+
 def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) -> Iterator:
     if not tasks:
         return
     ray = require_ray()
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # results arrive in input order
-    context.enable_progress_bars = False  # the command prints its own progress
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     plan = plan_pool(ray.cluster_resources(), nodes, workers, device, max_threads)
-    rows = [_row(index, task) for index, task in enumerate(tasks)]
-    # Blocks are the decoding tasks' unit: about a batch each, at most 1000 in all.
-    blocks = max(1, min(len(rows) // batch_size, 1000))
-    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-    # Decoding asks for half a core: it is short, and a request unlike the model actors'
-    # keeps Ray Data from fusing it into them (fused, each actor would decode every
-    # image itself, one after the other, between its model calls).
-    dataset = dataset.map(_MapPayload(load, os.getcwd()), num_cpus=0.5)
-    dataset = dataset.map_batches(
-        ModelActor,
-        fn_constructor_args=(job, batch_size, plan.threads_per_actor),
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+    actor_class = ray.remote(ModelActor).options(
+        num_cpus=1,  # the actor's own Python thread, GPU or not
         num_gpus=plan.gpus_per_actor,
-        num_cpus=1 if not plan.gpus_per_actor else None,
-        # Ray Data's defaults for actor pools (max_restarts=-1, max_task_retries=-1) are
-        # what we rely on: a dead actor is replaced and its unfinished batches run again.
+        max_restarts=-1,  # a dead actor's process is replaced...
+        max_task_retries=-1,  # ...and the calls it had not finished run again
     )
-    if finish is not None:
-        dataset = dataset.map(_MapPayload(finish))
-    waiting: dict[int, object] = {}
-    following = 0
-    rows_back = iter(dataset.iter_rows())
-    while True:
-        try:
-            row = next(rows_back)
-        except StopIteration:
-            break
-        except ray.exceptions.RayError as error:
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            raise RayJobError(f"the Ray job failed: {lines[-1] if lines else error}") from None
-        index = int(row["index"])
-        if index < following or index in waiting:
-            continue  # a repeat (a retried batch): the first result stands
-        waiting[index] = pickle.loads(row["payload"])
-        while following in waiting:
-            yield waiting.pop(following)
-            following += 1
-    if following != len(tasks):
-        raise RayJobError(f"Ray returned results for {following} of {len(tasks)} inputs")
+    actors = [
+        actor_class.remote(job, batch_size, plan.threads_per_actor) for _ in range(plan.actors)
+    ]
+    # Decoding and drawing ask for half a core each: they are short, and on a machine
+    # whose cores the actors hold they share the rest.
+    stage = ray.remote(_in_folder).options(num_cpus=0.5)
+    folder = os.getcwd()
+    load_ref = ray.put(load)
+    finish_ref = ray.put(finish) if finish is not None else None
+    busy = [0] * len(actors)  # batches per actor not yet taken back by the driver
+
+    def submit(batch: Sequence) -> tuple[int, list]:
+        """Decode, compute and (explain) render one batch: the actor it went to and one
+        reference per result. Nothing waits here: Ray runs each step when its input is
+        ready."""
+        chosen = min(range(len(actors)), key=busy.__getitem__)
+        loaded = [stage.remote(load_ref, folder, task) for task in batch]
+        results = actors[chosen].compute_batch.options(num_returns=len(batch)).remote(*loaded)
+        results = [results] if len(batch) == 1 else list(results)
+        if finish_ref is not None:
+            results = [stage.remote(finish_ref, None, result) for result in results]
+        busy[chosen] += 1
+        return chosen, results
+
+    batches = [tasks[start : start + batch_size] for start in range(0, len(tasks), batch_size)]
+    window = WINDOW_PER_ACTOR * len(actors)
+    submitted: deque[tuple[int, list]] = deque()  # in input order
+    next_batch = 0
+    try:
+        while submitted or next_batch < len(batches):
+            while len(submitted) < window and next_batch < len(batches):
+                submitted.append(submit(batches[next_batch]))
+                next_batch += 1
+            chosen, results = submitted.popleft()
+            for reference in results:
+                yield _fetch(ray, reference)
+            busy[chosen] -= 1
+    finally:
+        for actor in actors:
+            ray.kill(actor)  # the pool is this run's; its models go with it
+
+
+def _fetch(ray, reference) -> object:
+    """The value behind a reference, or RayJobError with the cause's last line."""
+    try:
+        return ray.get(reference)
+    except ray.exceptions.RayError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise RayJobError(f"the Ray job failed: {lines[-1] if lines else error}") from None
 
 
 # --------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ The seam every engine drives (DESIGN, "Scale-out behind one seam"):
 ``stream_local`` drives load and compute in this process, with image decoding in
 ``DataLoader`` worker processes, and ``BackgroundWriter`` runs write in a thread while the
 model computes. ``cameras.distributed`` drives the very same load and compute functions
-with Ray Data instead. The explain job's pieces are here; the evaluate job's are
+on Ray instead. The explain job's pieces are here; the evaluate job's are
 ``evaluation.load_item`` / ``evaluation.Evaluator`` wrapped by ``RecordScorer``.
 """
 
