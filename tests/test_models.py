@@ -9,6 +9,7 @@ import torchvision
 from PIL import Image
 
 import cameras
+from cameras.lite import EfficientNetLite
 from cameras.models import ModelError, load_model
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -102,3 +103,38 @@ def test_random_weights_for_sanity_checks():
     first = next(iter(default.state_dict()))
     assert not torch.equal(model.state_dict()[first], default.state_dict()[first])
     assert np.isfinite(model(torch.zeros(1, 3, 64, 64)).detach().numpy()).all()
+
+
+def _outputs(model, x, layers):
+    """Logits and the outputs of the named modules (copied: ReLU6 works in place)."""
+    seen = {}
+
+    def keep(name):
+        return lambda _module, _inputs, output: seen.__setitem__(name, output.clone())
+
+    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in layers]
+    try:
+        with torch.no_grad():
+            seen["logits"] = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_our_lite_is_timms_tf_efficientnet_lite(name):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("tf_" + name, pretrained=False).eval()  # random weights
+    model = EfficientNetLite(name).eval()
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in theirs.items()]
+    assert [n for n, _ in model.named_modules()] == [n for n, _ in reference.named_modules()]
+    model.load_state_dict(theirs)
+    # An odd, non-square size: TF "SAME" padding puts the odd pixel bottom / right.
+    for size in [(224, 224), (225, 301)]:
+        x = torch.randn(1, 3, *size)
+        got = _outputs(model, x, ["blocks.3", "bn2"])
+        want = _outputs(reference, x, ["blocks.3", "bn2"])
+        for key in ("blocks.3", "bn2", "logits"):
+            assert (got[key] - want[key]).abs().max() <= 1e-5, (name, size, key)
