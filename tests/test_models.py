@@ -10,7 +10,7 @@ from PIL import Image
 
 import cameras
 from cameras.lite import EfficientNetLite
-from cameras.models import ModelError, load_model
+from cameras.models import ModelError, imagenet_classes, load_model
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -138,3 +138,8 @@ def test_our_lite_is_timms_tf_efficientnet_lite(name):
         want = _outputs(reference, x, ["blocks.3", "bn2"])
         for key in ("blocks.3", "bn2", "logits"):
             assert (got[key] - want[key]).abs().max() <= 1e-5, (name, size, key)
+
+
+def test_shipped_class_names_are_torchvisions():
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    assert imagenet_classes() == list(categories)

@@ -12,6 +12,7 @@ import importlib
 import re
 import weakref
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,10 @@ class ModelError(ValueError):
 
 @functools.cache
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names, in index order (shipped with torchvision)."""
-    from torchvision.models import ResNet18_Weights
-
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet-1k class names, in index order: torchvision's list, shipped as
+    package data so that naming classes does not import torchvision."""
+    text = resources.files("cameras").joinpath("data", "imagenet_classes.txt").read_text("utf-8")
+    return text.splitlines()
 
 
 def class_names_for(model: nn.Module) -> list[str] | None:
