@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +15,8 @@ from PIL import Image
 import cameras
 from cameras.lite import EfficientNetLite
 from cameras.models import ModelError, imagenet_classes, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -143,3 +149,14 @@ def test_our_lite_is_timms_tf_efficientnet_lite(name):
 def test_shipped_class_names_are_torchvisions():
     categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
     assert imagenet_classes() == list(categories)
+
+
+def test_default_model_imports_neither_timm_nor_torchvision():
+    code = (
+        "import sys, torch, cameras; "
+        "model, prep, _ = cameras.load_model(); "
+        "cameras.CAMERAS(model, scales=[64])(torch.zeros(1, 3, 64, 64)); "
+        "loaded = [m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
