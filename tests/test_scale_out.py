@@ -526,3 +526,29 @@ def test_a_model_that_cannot_load_on_the_actors_fails_the_job_in_one_line(lite0,
     message = str(failure.value)
     assert "\n" not in message and f"weights file {missing} does not exist" in message
     assert time.perf_counter() - started < 60
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_ray_keeps_a_bounded_window_of_batches_in_flight(tmp_path):
+    """While the driver holds back (a slow writer), no more than WINDOW_PER_ACTOR batches
+    per actor are decoded ahead; then every result still comes, once, in order."""
+    from cameras.distributed import WINDOW_PER_ACTOR, stream_ray
+
+    started = tmp_path / "loaded"
+    started.mkdir()
+
+    # Defined here so that Ray ships them by value to its workers.
+    def load(index: int) -> int:
+        (started / str(index)).touch()
+        return index
+
+    class TimesTen:
+        def build(self, batch_size: int):
+            return lambda items: [10 * item for item in items]
+
+    stream = stream_ray(list(range(30)), load, TimesTen(), workers=1, batch_size=2)
+    assert next(stream) == 0
+    time.sleep(3)  # the driver waits; Ray would decode all 30 if nothing held it back
+    assert 2 <= len(list(started.iterdir())) <= WINDOW_PER_ACTOR * 2
+    assert list(stream) == [10 * index for index in range(1, 30)]
+    assert sorted(int(p.name) for p in started.iterdir()) == list(range(30))
