@@ -13,9 +13,9 @@ What runs where (the functions are ``cameras.pipeline``'s, unchanged):
   and is the only process that writes files.
 
 It is Ray Core (tasks, actors, object references), not Ray Data: the job is a fixed list
-of inputs through three fixed stages, and Ray Data's executor, its statistics and
-autoscaling actors and its row format cost this job more than they gave (on a 2-core
-machine: about 5 s of start and 0.2 s of CPU per image; ``benchmarks/throughput.py``).
+of inputs through three fixed stages, which Ray Core expresses directly; Ray Data's
+executor and its helper actors (statistics, autoscaling, actor locations) added CPU and
+start-up time to it on a small machine and nothing it needs (README, "Many images").
 
 Faults: a file that fails to decode comes back as an error result (reported by name,
 skipped). An actor that dies is restarted by Ray and the calls it had not finished run
