@@ -280,34 +280,31 @@ def _stream(tasks, load, job, workers, batch_size, finish, device, max_threads) 
     folder = os.getcwd()
     load_ref = ray.put(load)
     finish_ref = ray.put(finish) if finish is not None else None
-    busy = [0] * len(actors)  # batches per actor not yet taken back by the driver
+    submitted: deque[tuple[int, list]] = deque()  # (actor, result references), input order
 
     def submit(batch: Sequence) -> tuple[int, list]:
-        """Decode, compute and (explain) render one batch: the actor it went to and one
-        reference per result. Nothing waits here: Ray runs each step when its input is
-        ready."""
-        chosen = min(range(len(actors)), key=busy.__getitem__)
+        """Decode, compute and (explain) render one batch: the actor it went to (the one
+        with the fewest batches not yet taken back) and one reference per result. Nothing
+        waits here: Ray runs each step when its input is ready."""
+        chosen = min(range(len(actors)), key=[actor for actor, _ in submitted].count)
         loaded = [stage.remote(load_ref, folder, task) for task in batch]
         results = actors[chosen].compute_batch.options(num_returns=len(batch)).remote(*loaded)
         results = [results] if len(batch) == 1 else list(results)
         if finish_ref is not None:
             results = [stage.remote(finish_ref, None, result) for result in results]
-        busy[chosen] += 1
         return chosen, results
 
     batches = [tasks[start : start + batch_size] for start in range(0, len(tasks), batch_size)]
     window = WINDOW_PER_ACTOR * len(actors)
-    submitted: deque[tuple[int, list]] = deque()  # in input order
     next_batch = 0
     try:
         while submitted or next_batch < len(batches):
             while len(submitted) < window and next_batch < len(batches):
                 submitted.append(submit(batches[next_batch]))
                 next_batch += 1
-            chosen, results = submitted.popleft()
+            _, results = submitted.popleft()
             for reference in results:
                 yield _fetch(ray, reference)
-            busy[chosen] -= 1
     finally:
         for actor in actors:
             ray.kill(actor)  # the pool is this run's; its models go with it
