@@ -198,7 +198,7 @@ def test_bad_models_and_inputs_get_clear_errors(twins, landscape):
         method(nhwc(landscape), targets=NUM_CLASSES)
     # The failed call left nothing behind: the next one works.
     assert method(nhwc(landscape)).maps.shape == (3, 48, 64)
-    assert "call" not in vars(method._network.layers[LAYER])
+    assert "call" not in vars(method.backend.network.layers[LAYER])
 
 
 def test_a_model_fixed_by_flatten_says_it_cannot_change_size():

@@ -168,47 +168,17 @@ def pgd(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    step_size = DEFAULT_STEP_SIZE[norm] if step_size is None else float(step_size)
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
-    if eps is not None and not eps > 0:
-        raise ValueError(f"eps must be positive or None, got {eps}")
-    if not beta >= 0:
-        raise ValueError(f"beta must be non-negative, got {beta}")
-    if penalty not in PENALTIES:
-        raise ValueError(f"penalty must be one of {', '.join(PENALTIES)}, not {penalty!r}")
-    if beta_patience is not None and (
-        isinstance(beta_patience, bool) or not isinstance(beta_patience, int) or beta_patience < 1
-    ):
-        raise ValueError(f"beta_patience must be a positive int or None, got {beta_patience!r}")
-    low, high = float(bounds[0]), float(bounds[1])
-    if not low < high:
-        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+    settings = _Settings.checked(
+        beta, steps, step_size, eps, norm, bounds, stop_when_reached, penalty, beta_patience
+    )
     x = check_batch(x).detach()
     if class_names is None:
         from .models import class_names_for
 
         class_names = class_names_for(model)
     names = list(class_names) if class_names is not None else None
-
-    source_device = x.device
     device = model_device(model)
-    x = x.to(device)
-    with torch.no_grad():
-        clean = (prep.denormalise(x) if prep is not None else x).float()
-    # Tolerance for the float round trip normalise -> denormalise of 8-bit pixels.
-    if clean.min() < low - 1e-4 or clean.max() > high + 1e-4:
-        where = "after prep.denormalise" if prep is not None else "(no prep given)"
-        raise ValueError(
-            f"x {where} has pixels in [{clean.min():.3g}, {clean.max():.3g}], outside "
-            f"bounds [{low}, {high}]; pass prep= for normalised input"
-        )
-    clean = clean.clamp(low, high)
-    batch = clean.shape[0]
+    clean = _clean_pixels(x.to(device), prep, settings.bounds)
     keep = _check_saliency(saliency, clean.shape, device) if beta > 0 else None
     to_input = prep.normalise if prep is not None else (lambda pixels: pixels)
 
@@ -218,70 +188,167 @@ def pgd(
     with eval_mode(model), torch.enable_grad(), dtype_errors(model):
         with torch.no_grad():
             clean_logits = scores(clean)
-        num_classes = clean_logits.shape[1]
-        targets = _resolve_targets(target, clean_logits, names, num_classes)
-        perturbation = torch.zeros_like(clean)
-        final_logits = clean_logits.clone()
-        taken = torch.zeros(batch, dtype=torch.long, device=device)
-        active = torch.ones(batch, dtype=torch.bool, device=device)
-        betas = torch.full((batch,), float(beta), device=device)
-        for step in range(steps + 1):
-            index = active.nonzero().flatten()
-            if index.numel() == 0:
-                break
-            delta = perturbation[index].requires_grad_(True)
-            logits = scores(clean[index] + delta)
-            final_logits[index] = logits.detach()
-            if stop_when_reached:
-                done = logits.detach().argmax(1) == targets[index]
-                active[index[done]] = False
-                if done.all():
-                    break
-            if step == steps:
-                break
-            # Per-image sums, so that an image's step never depends on the others.
-            loss = F.cross_entropy(logits, targets[index], reduction="sum")
-            if keep is not None and penalty == "gradient":
-                outside = (delta * keep[index]).flatten(1)
-                norms = (outside.square().sum(1) + _NORM_FLOOR).sqrt()
-                loss = loss + (betas[index] * norms).sum()
-            (gradient,) = torch.autograd.grad(loss, delta)
-            moving = active[index]  # images frozen at this step keep their perturbation
-            rows = index[moving]
-            updated, rate = _descend(delta.detach()[moving], gradient[moving], step_size, norm)
-            if keep is not None and penalty == "proximal":
-                updated = _shrink(updated, keep[rows], rate * betas[rows])
-            updated = _project(updated, eps, norm)
-            # Clip in pixel space: the adversarial image must be a valid image.
-            updated = (clean[rows] + updated).clamp(low, high) - clean[rows]
-            perturbation[rows] = updated
-            taken[rows] += 1
-            if beta_patience is not None:
-                # Images still short of their target after every ``beta_patience`` steps
-                # halve their penalty: the attack tends to plain PGD, which gets there.
-                halve = taken[rows] % beta_patience == 0
-                betas[rows[halve]] *= 0.5
-            if progress is not None:
-                progress(step + 1, int(rows.numel()))
+        targets = _resolve_targets(target, clean_logits, names, clean_logits.shape[1])
+        state = _AttackState.start(clean, clean_logits, float(beta))
+        _run_steps(scores, state, targets, keep, settings, progress)
+    return _result(state, targets, to_input if prep is not None else None, x, names)
 
+
+@dataclass(frozen=True)
+class _Settings:
+    """``pgd``'s step settings, checked."""
+
+    steps: int
+    step_size: float
+    eps: float | None
+    norm: str
+    bounds: tuple[float, float]
+    stop_when_reached: bool
+    penalty: str
+    beta_patience: int | None
+
+    @classmethod
+    def checked(
+        cls, beta, steps, step_size, eps, norm, bounds, stop_when_reached, penalty, patience
+    ) -> _Settings:
+        """The settings, or a ValueError naming the argument that is out of range."""
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        step_size = DEFAULT_STEP_SIZE[norm] if step_size is None else float(step_size)
+        if not step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size}")
+        if eps is not None and not eps > 0:
+            raise ValueError(f"eps must be positive or None, got {eps}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be non-negative, got {beta}")
+        if penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {', '.join(PENALTIES)}, not {penalty!r}")
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 1
+        ):
+            raise ValueError(f"beta_patience must be a positive int or None, got {patience!r}")
+        low, high = float(bounds[0]), float(bounds[1])
+        if not low < high:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+        return cls(steps, step_size, eps, norm, (low, high), stop_when_reached, penalty, patience)
+
+
+def _clean_pixels(
+    x: torch.Tensor, prep: PixelTransform | None, bounds: tuple[float, float]
+) -> torch.Tensor:
+    """The clean images in [0, 1] pixel space, float32, clipped to ``bounds``; a ValueError
+    when they lie outside (normalised input passed without ``prep``)."""
+    low, high = bounds
     with torch.no_grad():
-        pixels = clean + perturbation
-        adversarial = to_input(pixels).to(x.dtype) if prep is not None else pixels.to(x.dtype)
-        probabilities = final_logits.softmax(1)
-        confidence = probabilities.gather(1, targets[:, None])[:, 0]
-        reached = final_logits.argmax(1) == targets
-        flat = perturbation.flatten(1)
+        clean = (prep.denormalise(x) if prep is not None else x).float()
+    # Tolerance for the float round trip normalise -> denormalise of 8-bit pixels.
+    if clean.min() < low - 1e-4 or clean.max() > high + 1e-4:
+        where = "after prep.denormalise" if prep is not None else "(no prep given)"
+        raise ValueError(
+            f"x {where} has pixels in [{clean.min():.3g}, {clean.max():.3g}], outside "
+            f"bounds [{low}, {high}]; pass prep= for normalised input"
+        )
+    return clean.clamp(low, high)
+
+
+@dataclass
+class _AttackState:
+    """Per image: the perturbation so far, its last scores, the steps taken, whether it
+    still moves, and its current beta."""
+
+    clean: torch.Tensor
+    clean_logits: torch.Tensor
+    perturbation: torch.Tensor
+    final_logits: torch.Tensor
+    taken: torch.Tensor
+    active: torch.Tensor
+    betas: torch.Tensor
+
+    @classmethod
+    def start(cls, clean: torch.Tensor, clean_logits: torch.Tensor, beta: float) -> _AttackState:
+        batch, device = clean.shape[0], clean.device
+        return cls(
+            clean=clean,
+            clean_logits=clean_logits,
+            perturbation=torch.zeros_like(clean),
+            final_logits=clean_logits.clone(),
+            taken=torch.zeros(batch, dtype=torch.long, device=device),
+            active=torch.ones(batch, dtype=torch.bool, device=device),
+            betas=torch.full((batch,), beta, device=device),
+        )
+
+
+def _run_steps(scores, state: _AttackState, targets, keep, settings: _Settings, progress):
+    """The PGD loop: up to ``settings.steps`` steps of the images still moving."""
+    for step in range(settings.steps + 1):
+        index = state.active.nonzero().flatten()
+        if index.numel() == 0:
+            break
+        delta = state.perturbation[index].requires_grad_(True)
+        logits = scores(state.clean[index] + delta)
+        state.final_logits[index] = logits.detach()
+        if settings.stop_when_reached:
+            done = logits.detach().argmax(1) == targets[index]
+            state.active[index[done]] = False
+            if done.all():
+                break
+        if step == settings.steps:
+            break
+        # Per-image sums, so that an image's step never depends on the others.
+        loss = F.cross_entropy(logits, targets[index], reduction="sum")
+        if keep is not None and settings.penalty == "gradient":
+            outside = (delta * keep[index]).flatten(1)
+            norms = (outside.square().sum(1) + _NORM_FLOOR).sqrt()
+            loss = loss + (state.betas[index] * norms).sum()
+        (gradient,) = torch.autograd.grad(loss, delta)
+        rows = _take_step(state, index, delta.detach(), gradient, keep, settings)
+        if progress is not None:
+            progress(step + 1, int(rows.numel()))
+
+
+def _take_step(state: _AttackState, index, delta, gradient, keep, settings: _Settings):
+    """Move the images of ``index`` still active by one step; returns the rows moved."""
+    moving = state.active[index]  # images frozen at this step keep their perturbation
+    rows = index[moving]
+    updated, rate = _descend(delta[moving], gradient[moving], settings.step_size, settings.norm)
+    if keep is not None and settings.penalty == "proximal":
+        updated = _shrink(updated, keep[rows], rate * state.betas[rows])
+    updated = _project(updated, settings.eps, settings.norm)
+    # Clip in pixel space: the adversarial image must be a valid image.
+    low, high = settings.bounds
+    clean = state.clean[rows]
+    state.perturbation[rows] = (clean + updated).clamp(low, high) - clean
+    state.taken[rows] += 1
+    if settings.beta_patience is not None:
+        # Images still short of their target after every ``beta_patience`` steps halve
+        # their penalty: the attack tends to plain PGD, which gets there.
+        halve = state.taken[rows] % settings.beta_patience == 0
+        state.betas[rows[halve]] *= 0.5
+    return rows
+
+
+def _result(state: _AttackState, targets, to_input, x: torch.Tensor, names) -> AttackResult:
+    """The ``AttackResult``, its tensors on ``x``'s device (``to_input``: None when ``x``
+    was pixels already)."""
+    source = x.device
+    with torch.no_grad():
+        pixels = state.clean + state.perturbation
+        adversarial = (to_input(pixels) if to_input is not None else pixels).to(x.dtype)
+        confidence = state.final_logits.softmax(1).gather(1, targets[:, None])[:, 0]
+        flat = state.perturbation.flatten(1)
     return AttackResult(
-        adversarial=adversarial.to(source_device),
-        pixels=pixels.to(source_device),
-        perturbation=perturbation.to(source_device),
+        adversarial=adversarial.to(source),
+        pixels=pixels.to(source),
+        perturbation=state.perturbation.to(source),
         targets=targets.tolist(),
-        original=clean_logits.argmax(1).tolist(),
-        reached=reached.tolist(),
-        confidence=confidence.to(source_device),
-        l2=flat.norm(dim=1).to(source_device),
-        linf=flat.abs().amax(dim=1).to(source_device),
-        steps=taken.tolist(),
+        original=state.clean_logits.argmax(1).tolist(),
+        reached=(state.final_logits.argmax(1) == targets).tolist(),
+        confidence=confidence.to(source),
+        l2=flat.norm(dim=1).to(source),
+        linf=flat.abs().amax(dim=1).to(source),
+        steps=state.taken.tolist(),
         class_names=names,
     )
 

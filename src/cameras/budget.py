@@ -108,23 +108,16 @@ class PassCost:
 PROBE_PIXELS = MAX_ASPECT * 224 * 224
 
 
-def method_pass_cost(method, x: torch.Tensor) -> PassCost | None:
-    """A saliency method's ``PassCost``, probed on its first call (on ``x``, or a copy of
-    it shrunk to ``PROBE_PIXELS``) and kept on the method; None for a model that is not a
-    torch module (a Keras model: only the aspect cap applies)."""
-    if not isinstance(method.model, nn.Module):
-        return None
-    cost = getattr(method, "_pass_cost", None)
-    if cost is None:
-        sample = x[:1]
-        height, width = sample.shape[2:]
-        if height * width > PROBE_PIXELS:
-            shrink = math.sqrt(PROBE_PIXELS / (height * width))
-            size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
-            sample = torch.nn.functional.interpolate(sample, size=size, mode="bilinear")
-        cost = probe_pass_cost(method.model, method.layer, sample)
-        method._pass_cost = cost
-    return cost
+def probe_sample(x: torch.Tensor) -> torch.Tensor:
+    """The first image of ``x``, shrunk (bilinear) to at most ``PROBE_PIXELS`` pixels: what
+    ``probe_pass_cost`` runs (a method probes once, on its first call, and keeps the cost)."""
+    sample = x[:1]
+    height, width = sample.shape[2:]
+    if height * width > PROBE_PIXELS:
+        shrink = math.sqrt(PROBE_PIXELS / (height * width))
+        size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+        sample = torch.nn.functional.interpolate(sample, size=size, mode="bilinear")
+    return sample
 
 
 def probe_pass_cost(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> PassCost:

@@ -46,6 +46,7 @@ from .pipeline import (
     decode_image,
     render_outputs,
 )
+from .session import SessionSpec
 
 INSTALL_HINT = "pip install 'cameras[ray]'"
 _ADDRESS = re.compile(r"^(local|auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
@@ -84,57 +85,45 @@ def check_address(address: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _load_model_for_actor(name: str, weights: str | None, device: str):
-    import torch
-
-    from .models import load_model
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(name, weights=weights, device=device)
-
-
 @dataclass(frozen=True)
 class ExplainJob:
     """``cameras explain``'s settings, enough to rebuild its compute in an actor.
 
-    layer: resolved by the driver, so every actor explains the same layer.
-    target: a class index for every image, or None (each image's top-1).
+    spec: the driver's ``SessionSpec`` (its layer resolved by the driver, so every actor
+    explains the same layer; the actors' device); target: a class index for every
+    image, or None (each image's top-1).
     """
 
-    model: str
-    weights: str | None
-    device: str
+    spec: SessionSpec
     method: str
-    layer: str | None
-    scales: tuple[int, ...] | None
     target: int | None
     cmap: str = "jet"
     alpha: float = 0.5
-    rule: str | None = None  # CAMERAS's scale rule (None: the default)
+
+    @property
+    def device(self) -> str:
+        return self.spec.device or "auto"
 
     def build(self, batch_size: int) -> Callable[[list], list]:
-        from .methods import build_method
-
-        model, _, classes = _load_model_for_actor(self.model, self.weights, self.device)
-        method = build_method(self.method, model, self.layer, self.scales, classes, self.rule)
-        return ImageExplainer(method, self.target, batch_size)
+        session = self.spec.build()
+        return ImageExplainer(session.method(self.method), self.target, batch_size)
 
 
 @dataclass(frozen=True)
 class EvaluateJob:
-    """``cameras evaluate``'s settings (``evaluation.EvalSettings``, layer resolved)."""
+    """``cameras evaluate``'s settings: the session's spec and ``evaluation.EvalSettings``."""
 
-    model: str
-    weights: str | None
-    device: str
+    spec: SessionSpec
     settings: object  # evaluation.EvalSettings
+
+    @property
+    def device(self) -> str:
+        return self.spec.device or "auto"
 
     def build(self, batch_size: int) -> Callable[[list], list]:
         from .evaluation import Evaluator
 
-        model, prep, classes = _load_model_for_actor(self.model, self.weights, self.device)
-        return RecordScorer(Evaluator(model, prep, classes, self.settings))
+        return RecordScorer(Evaluator(self.spec.build(), settings=self.settings))
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import difflib
 import functools
 import importlib
 import re
-import weakref
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -36,9 +35,12 @@ _LITE = {
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Class names of models that load_model built, so methods can accept names as targets
-# without the caller passing them again. Weak: it never keeps a model alive.
-_CLASS_NAMES: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+# The attribute where a model that load_model built keeps its class names, so methods can
+# accept names as targets without the caller passing them again (a user's own model is
+# never written to; its names come from ``config.id2label``, or the caller).
+CLASS_NAMES_ATTRIBUTE = "cameras_class_names"
+# --model values with these suffixes are Keras model files (``cameras.keras``).
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 class ModelError(ValueError):
@@ -55,8 +57,9 @@ def imagenet_classes() -> list[str]:
 
 def class_names_for(model: nn.Module) -> list[str] | None:
     """Class names of a model built by load_model, or from a Hugging Face ``config.id2label``."""
-    if model in _CLASS_NAMES:
-        return _CLASS_NAMES[model]
+    names = getattr(model, CLASS_NAMES_ATTRIBUTE, None)
+    if names is not None:
+        return list(names)
     id2label = getattr(getattr(model, "config", None), "id2label", None)
     if isinstance(id2label, dict) and id2label:
         return [str(id2label[i]) for i in sorted(id2label)]
@@ -133,7 +136,7 @@ def load_model(
         model.to(device)
     classes = imagenet_classes() if _num_classes(model) == 1000 else None
     if classes is not None:
-        _CLASS_NAMES[model] = classes
+        setattr(model, CLASS_NAMES_ATTRIBUTE, classes)  # our model: it carries its names
     return model, prep, classes
 
 
@@ -278,3 +281,28 @@ def _download_error(name: str, error: Exception) -> ModelError:
         f"pretrained weights for {name!r} are not on this machine and could not be downloaded "
         f"({reason[:160]}); pass a local state dict with weights=PATH (CLI: --weights FILE)"
     )
+
+
+def is_keras_file(name: str | Path) -> bool:
+    """Whether a model value names a Keras model file (by its suffix)."""
+    return Path(name).suffix.lower() in KERAS_SUFFIXES
+
+
+def load_keras_file(
+    path: str | Path, weights: str | Path | None, preprocess: str | None
+) -> tuple[object, object, list[str] | None]:
+    """(Keras model, its preprocessing in the (3, h, w) torch layout, class names) from a
+    ``.keras`` / ``.h5`` file (``cameras.keras.load_model``); ModelError with one line
+    when it cannot load, the keras extra is missing or ``preprocess`` is not given."""
+    try:
+        from .keras import PREPROCESS_MODES
+        from .keras import load_model as load_keras_model
+    except ImportError as error:
+        raise ModelError(str(error)) from None
+    if preprocess is None:
+        modes = ", ".join(PREPROCESS_MODES)
+        raise ModelError(f"a Keras model needs --preprocess (preprocess=): one of {modes}")
+    if weights is not None:
+        raise ModelError("a Keras model file holds its weights; --weights is for named models")
+    model, keras_prep, classes = load_keras_model(path, preprocess)
+    return model, keras_prep.channels_first(), classes

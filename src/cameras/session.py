@@ -15,7 +15,8 @@ print or draw what comes back::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +24,88 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .capture import eval_mode, logits_of, model_device, model_dtype, model_input, resolve_layer
+from .backends import backend_for
+from .capture import eval_mode, logits_of, model_input
 from .classes import ClassLike, Targets, class_index, class_label
 from .images import load_image, resize_map
 from .methods import CAMERAS, Explanation, SaliencyMethod, build_method
 from .methods.base import check_batch
-from .models import DEFAULT_MODEL, Preprocess, class_names_for, load_model
+from .models import (
+    DEFAULT_MODEL,
+    Preprocess,
+    class_names_for,
+    is_keras_file,
+    load_keras_file,
+    load_model,
+)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``"auto"``: CUDA when present, else the CPU; a name or device as it is; None stays
+    None (the model where it was built)."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device) if device is not None else None
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything a ``Session`` is built from, small and picklable: a Ray actor (or any
+    other process) rebuilds the same session with ``spec.build()``.
+
+    model: a model name (``cameras.load_model``) or a Keras model file (``.keras``,
+    ``.h5``); weights: a local weights file for a named model; device: ``"auto"``,
+    ``"cpu"``, ``"cuda"`` or None; layer, scales, rule: the methods' (see ``Session``);
+    preprocess: a Keras model's input convention (``cameras.keras.PREPROCESS_MODES``).
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    device: str | None = None
+    layer: str | None = None
+    scales: tuple[int, ...] | None = None
+    rule: str | None = None
+    preprocess: str | None = None
+
+    def __post_init__(self) -> None:
+        # Plain values only, so the spec pickles and compares equal wherever it goes.
+        object.__setattr__(self, "model", str(self.model))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", str(self.weights))
+        if self.device is not None:
+            object.__setattr__(self, "device", str(self.device))
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
+
+    def build(self) -> Session:
+        """The session this spec describes (ModelError if the model cannot load)."""
+        # The kind of model, and so its backend, is chosen here: a Keras file by its
+        # suffix (or any model given a Keras preprocessing), else a model name.
+        if self.preprocess is None and not is_keras_file(self.model):
+            model, prep, classes = load_model(
+                self.model, weights=self.weights, device=resolve_device(self.device)
+            )
+        else:
+            model, prep, classes = load_keras_file(self.model, self.weights, self.preprocess)
+        session = Session(
+            model, prep, classes, layer=self.layer, scales=self.scales, rule=self.rule
+        )
+        session.spec = self
+        return session
 
 
 class Session:
     """A model, its preprocessing and class names, and its saliency methods built once.
 
-    model: a classifier returning (B, K) scores; prep: image -> (3, h, w) input (a
+    model: a classifier returning (B, K) scores, of any kind a backend serves (a torch
+    module, a Keras model: ``cameras.backends``); prep: image -> (3, h, w) input (a
     ``Preprocess``); class_names: in index order (None: taken from ``load_model``'s
-    record or a Hugging Face ``config.id2label``; names are then refused as classes).
+    model or a Hugging Face ``config.id2label``; names are then refused as classes).
     layer: module name or None (found automatically, once, on first use).
     scales: CAMERAS's shorter-side sizes (None: ``default_scales`` of each input).
     rule: CAMERAS's scale rule (``"top1"``, ``"top5"``, ``"all"``; None: the default).
+    ``spec``: the ``SessionSpec`` it was built from (None for a session over a model
+    object).
     """
 
     def __init__(
@@ -51,7 +117,7 @@ class Session:
         scales: Sequence[int] | None = None,
         rule: str | None = None,
     ) -> None:
-        self._check_model(model)
+        self.backend = backend_for(model)
         self.model = model
         self.prep = prep
         if class_names is None:
@@ -59,10 +125,12 @@ class Session:
         self.class_names = list(class_names) if class_names is not None else None
         self.scales = list(scales) if scales is not None else None
         self.rule = rule
+        self.spec: SessionSpec | None = None
         self._layer = layer
         self._layer_resolved = False
         self._methods: dict[tuple[str, tuple[int, ...] | None], SaliencyMethod] = {}
         self._num_classes: int | None = len(self.class_names) if self.class_names else None
+        self._scorer: nn.Module | None = None
 
     @classmethod
     def load(
@@ -73,20 +141,20 @@ class Session:
         layer: str | None = None,
         scales: Sequence[int] | None = None,
         rule: str | None = None,
+        preprocess: str | None = None,
     ) -> Session:
-        """A session over ``load_model(name, weights, device)`` (ModelError if it fails)."""
-        model, prep, classes = load_model(name, weights=weights, device=device)
-        return cls(model, prep, classes, layer=layer, scales=scales, rule=rule)
-
-    # ------------------------------------------------------------------ backend hooks
-    # A session over another kind of model (``cameras.keras.KerasSession``) replaces these.
-
-    def _check_model(self, model: object) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-
-    def _build_method(self, name: str, scales: Sequence[int] | None) -> SaliencyMethod:
-        return build_method(name, self.model, self.layer, scales, self.class_names, self.rule)
+        """A session over ``load_model(name, weights, device)``, or over a Keras model file
+        with ``preprocess`` (ModelError if it fails); see ``SessionSpec``."""
+        spec = SessionSpec(
+            name,
+            str(weights) if weights is not None else None,
+            str(device) if device is not None else None,
+            layer,
+            tuple(scales) if scales is not None else None,
+            rule,
+            preprocess,
+        )
+        return spec.build()
 
     # ------------------------------------------------------------------ model facts
 
@@ -94,7 +162,7 @@ class Session:
     def layer(self) -> str:
         """The explained layer's module name, found once (ValueError for a bad name)."""
         if not self._layer_resolved:
-            self._layer, _ = resolve_layer(self.model, self._layer)
+            self._layer, _ = self.backend.resolve_layer(self._layer)
             self._layer_resolved = True
         return self._layer
 
@@ -102,13 +170,17 @@ class Session:
     def num_classes(self) -> int:
         """How many classes the model scores (from the names, or one probe pass)."""
         if self._num_classes is None:
-            size = getattr(self.prep, "size", 224)
-            with eval_mode(self.model), torch.no_grad():
-                probe = torch.zeros(
-                    1, 3, size, size, device=model_device(self.model), dtype=model_dtype(self.model)
-                )
-                self._num_classes = int(logits_of(self.model(probe)).shape[1])
+            self._num_classes = self.backend.num_classes(getattr(self.prep, "size", 224))
         return self._num_classes
+
+    @property
+    def scorer(self) -> nn.Module:
+        """The model as a differentiable torch function of a (B, 3, h, w) input, giving
+        (B, K) pre-softmax scores, whatever its kind (``Backend.scorer``): what the
+        probabilities, the metrics and the attack run."""
+        if self._scorer is None:
+            self._scorer = self.backend.scorer()
+        return self._scorer
 
     def class_index(self, value: ClassLike) -> int:
         """A class given as an index, digits or a name -> index (``cameras.classes``'s
@@ -137,8 +209,19 @@ class Session:
         else:
             key, chosen = (name, None), None
         if key not in self._methods:
-            self._methods[key] = self._build_method(name, chosen)
+            self._methods[key] = self._build(name, self.model, chosen, self.backend)
         return self._methods[key]
+
+    def method_factory(self, name: str) -> Callable[[object], SaliencyMethod]:
+        """``model -> method name`` with this session's layer, scales, rule and class
+        names, for copies of the model (the sanity test's randomised ones)."""
+        self.method(name)  # a bad name or layer fails now, not on the first copy
+        return lambda model: self._build(name, model, self.scales, None)
+
+    def _build(self, name: str, model, scales, backend) -> SaliencyMethod:
+        return build_method(
+            name, model, self.layer, scales, self.class_names, self.rule, backend=backend
+        )
 
     # ------------------------------------------------------------------ images
 
@@ -166,8 +249,9 @@ class Session:
         if isinstance(x, Image.Image):
             x = self.input(x)
         x = check_batch(x)
-        with eval_mode(self.model), torch.no_grad():
-            scores = logits_of(self.model(model_input(x, self.model)))
+        scorer = self.scorer
+        with eval_mode(scorer), torch.no_grad():
+            scores = logits_of(scorer(model_input(x, scorer)))
         return scores.float().softmax(1).cpu()
 
     def top_k(self, x: torch.Tensor | Image.Image, k: int = 5) -> list[tuple[int, float]]:

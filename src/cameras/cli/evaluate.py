@@ -38,7 +38,6 @@ from .common import (
     note,
     open_session,
     parse_methods,
-    parse_scales,
     progress_bar,
     raise_ray_failure,
     require_extra,
@@ -81,11 +80,6 @@ def add_parser(subparsers) -> None:
         help=f"comma-separated subset of {','.join(METRICS)} (default: all)",
     )
     parser.add_argument(
-        "--scales",
-        type=parse_scales,
-        help="CAMERAS sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
-    )
-    parser.add_argument(
         "--steps",
         type=int,
         default=DEFAULT_STEPS,
@@ -126,47 +120,10 @@ def run(args: argparse.Namespace) -> int:
     actor_device = args.device
     if ray_address is not None:
         args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
-    if args.limit is not None and args.limit < 1:
-        raise usage_error(f"--limit {args.limit}: must be at least 1")
-    parse_methods("--methods", args.methods)
-    if args.steps < 1:
-        raise usage_error(f"--steps {args.steps}: must be at least 1")
-    if not 0 <= args.tolerance < float("inf"):
-        raise usage_error(f"--tolerance {args.tolerance}: must be a finite number, 0 or more")
-    if args.out.exists() and not args.out.is_dir():
-        raise usage_error(f"--out {args.out}: exists and is not a folder")
-    check_writable_folder("--out", args.out)
-    try:
-        settings = EvalSettings(
-            methods=tuple(args.methods),
-            metrics=tuple(args.metrics),
-            steps=args.steps,
-            tolerance=args.tolerance,
-            batch_size=args.batch_size,
-            scales=tuple(args.scales) if args.scales else None,
-            layer=args.layer,
-            fill=args.fill,
-        )
-    except ValueError as error:
-        raise usage_error(str(error)) from None
+    settings = _check_arguments(args)
     session = open_session(args)
-    model, prep, classes = session.model, session.prep, session.class_names
-    try:
-        class_map = load_class_map(args.class_map) if args.class_map else None
-        resolver = ClassResolver(classes, session.num_classes, class_map)
-        annotations = read_annotations(args.data, args.images, resolver)
-    except AnnotationError as error:
-        raise usage_error(str(error)) from None
-    try:
-        evaluator = Evaluator(model, prep, classes, replace(settings, layer=session.layer))
-    except ValueError as error:
-        raise usage_error(str(error)) from None
-    records = annotations.records[: args.limit] if args.limit else annotations.records
-    if not records:
-        for line in annotations.errors:
-            print(f"error: {line}", file=sys.stderr)
-        unreadable = f" ({len(annotations.errors)} unreadable)" if annotations.errors else ""
-        raise usage_error(f"{args.data}: no annotated images to evaluate{unreadable}")
+    annotations, records = _read_records(args, session)
+    evaluator = _evaluator(session, settings)
     store = ResultStore(args.out)
     identity = settings_record(
         settings, data=str(Path(args.data).resolve()), model=args.model, weights=_path(args)
@@ -190,16 +147,70 @@ def run(args: argparse.Namespace) -> int:
     if ray_address is not None:
         from ..distributed import EvaluateJob, evaluate_ray
 
-        job = EvaluateJob(
-            model=args.model,
-            weights=_path(args),
-            device=actor_device,
-            settings=replace(settings, layer=evaluator.layer),
-        )
-        stream = evaluate_ray(todo, job, prep, ray_address, args.workers, args.batch_size)
+        # The actors rebuild the driver's session, on their device and its resolved layer.
+        spec = replace(session.spec, device=actor_device, layer=evaluator.layer)
+        job = EvaluateJob(spec, replace(settings, layer=evaluator.layer))
+        stream = evaluate_ray(todo, job, session.prep, ray_address, args.workers, args.batch_size)
     else:
-        stream = evaluate_local(todo, prep, evaluator, args.workers, args.batch_size)
+        stream = evaluate_local(todo, session.prep, evaluator, args.workers, args.batch_size)
     failures += _save(stream, store, len(todo))
+    return _summarise(args, store, settings, failures)
+
+
+def _check_arguments(args: argparse.Namespace) -> EvalSettings:
+    """Everything that needs no model, as the run's ``EvalSettings``; usage errors."""
+    if args.limit is not None and args.limit < 1:
+        raise usage_error(f"--limit {args.limit}: must be at least 1")
+    parse_methods("--methods", args.methods)
+    if args.steps < 1:
+        raise usage_error(f"--steps {args.steps}: must be at least 1")
+    if not 0 <= args.tolerance < float("inf"):
+        raise usage_error(f"--tolerance {args.tolerance}: must be a finite number, 0 or more")
+    if args.out.exists() and not args.out.is_dir():
+        raise usage_error(f"--out {args.out}: exists and is not a folder")
+    check_writable_folder("--out", args.out)
+    try:
+        return EvalSettings(
+            methods=tuple(args.methods),
+            metrics=tuple(args.metrics),
+            steps=args.steps,
+            tolerance=args.tolerance,
+            batch_size=args.batch_size,
+            scales=tuple(args.scales) if args.scales else None,
+            layer=args.layer,
+            fill=args.fill,
+        )
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+
+
+def _read_records(args: argparse.Namespace, session) -> tuple:
+    """(annotations, the records to evaluate: --limit applied); a usage error when the
+    annotations cannot be read or hold no image."""
+    try:
+        class_map = load_class_map(args.class_map) if args.class_map else None
+        resolver = ClassResolver(session.class_names, session.num_classes, class_map)
+        annotations = read_annotations(args.data, args.images, resolver)
+    except AnnotationError as error:
+        raise usage_error(str(error)) from None
+    records = annotations.records[: args.limit] if args.limit else annotations.records
+    if not records:
+        for line in annotations.errors:
+            print(f"error: {line}", file=sys.stderr)
+        unreadable = f" ({len(annotations.errors)} unreadable)" if annotations.errors else ""
+        raise usage_error(f"{args.data}: no annotated images to evaluate{unreadable}")
+    return annotations, records
+
+
+def _evaluator(session, settings: EvalSettings) -> Evaluator:
+    try:
+        return Evaluator(session, settings=replace(settings, layer=session.layer))
+    except ValueError as error:
+        raise usage_error(str(error)) from None
+
+
+def _summarise(args: argparse.Namespace, store: ResultStore, settings, failures: int) -> int:
+    """Print and write the summary of every stored row; the exit status."""
     rows = store.rows()
     if not rows:
         print(

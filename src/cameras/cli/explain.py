@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from ..pipeline import ImageWriter, explain_local, image_tasks, save_explanations
 from .common import (
     add_model_arguments,
     add_out_argument,
-    add_rule_argument,
     add_scale_out_arguments,
     check_cmap,
     check_output_folder,
@@ -19,7 +19,6 @@ from .common import (
     open_session,
     parse_class,
     parse_methods,
-    parse_scales,
     progress_bar,
     raise_ray_failure,
     usage_error,
@@ -42,23 +41,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--method", default="cameras", help="cameras, gradcam, ... (default: %(default)s)"
     )
-    parser.add_argument(
-        "--scales",
-        type=parse_scales,
-        help="CAMERAS shorter-side sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
-    )
-    add_rule_argument(parser)
     add_out_argument(parser)
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     add_model_arguments(parser)
-    parser.add_argument(
-        "--preprocess",
-        choices=["torch", "tf", "caffe", "raw"],
-        help="for a Keras model file (--model PATH.keras): its keras.applications input "
-        "convention; raw passes 0-255 pixels (EfficientNet) (default: none; required for a "
-        "Keras model)",
-    )
     add_scale_out_arguments(parser, batch_size=1, workers_help="image-decoding processes")
     parser.set_defaults(run=run)
 
@@ -76,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
     ray_address = check_scale_out(args)
     actor_device = args.device
     if ray_address is not None:
-        if args.preprocess is not None:
-            raise usage_error("--ray: Keras models run without --ray")
         args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     session = open_session(args)
     method = method_of(session, args.method)
@@ -88,18 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if ray_address is not None:
         from ..distributed import ExplainJob, explain_ray
 
-        job = ExplainJob(
-            model=args.model,
-            weights=str(args.weights) if args.weights else None,
-            device=actor_device,
-            method=args.method,
-            layer=method.layer_name,
-            scales=tuple(args.scales) if args.scales else None,
-            target=target,
-            cmap=args.cmap,
-            alpha=args.alpha,
-            rule=args.rule,
-        )
+        # The actors rebuild the driver's session, on their device and its resolved layer.
+        spec = replace(session.spec, device=actor_device, layer=session.layer)
+        job = ExplainJob(spec, args.method, target, args.cmap, args.alpha)
         stream = explain_ray(tasks, job, session.prep, ray_address, args.workers, args.batch_size)
     else:
         stream = explain_local(tasks, method, session.prep, target, args.workers, args.batch_size)

@@ -14,12 +14,10 @@ import csv
 
 from ..evaluation import DEFAULT_METHODS
 from ..images import ImageError
-from ..methods import build_method
 from ..metrics.sanity import (
     MODES,
     SIMILARITIES,
     mean_similarities,
-    randomisation_steps,
     sanity_check,
     similarity_markdown,
 )
@@ -35,7 +33,6 @@ from .common import (
     output_stems,
     parse_class,
     parse_methods,
-    parse_scales,
     progress_bar,
     refuse_overwrite,
     require_extra,
@@ -71,11 +68,6 @@ def add_parser(subparsers) -> None:
         "--class", dest="target", help="class index or name (default: the trained model's top-1)"
     )
     parser.add_argument(
-        "--scales",
-        type=parse_scales,
-        help="CAMERAS sizes, e.g. 224,324,424 (default: 224..924 for a 224 input)",
-    )
-    parser.add_argument(
         "--blocks",
         type=int,
         help="randomise only the first N blocks from the logits down (default: all)",
@@ -95,13 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise usage_error(f"--blocks {args.blocks}: must be at least 1")
     session = open_session(args)
     target = parse_class("--class", args.target, session)
-    steps = randomisation_steps(session.model)[: args.blocks]
-
+    steps = session.backend.randomisation_steps()[: args.blocks]
     # Each randomised copy of the model gets its own method objects, on the session's layer.
-    def factory(name: str):
-        return lambda m: build_method(name, m, session.layer, args.scales, session.class_names)
-
-    factories = {name: factory(name) for name in args.methods}
+    factories = {name: session.method_factory(name) for name in args.methods}
     images, failures = gather_images(args.paths, args.out)
     if not images:
         return 1
@@ -126,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                     session.model,
                     x,
                     factories,
+                    backend=session.backend,
                     targets=None if target is None else [target],
                     mode=args.mode,
                     steps=steps,

@@ -34,7 +34,6 @@ from .scoring import (
     RESULT_FIELDS,
     EvalSettings,
     Evaluator,
-    make_method,
 )
 from .statistics import Summary, summarise, summary_markdown, t_quantile_975
 from .storage import CURVE_FIELDS, ResultStore, ResumeError, settings_record, write_summary
@@ -63,7 +62,6 @@ __all__ = [
     "Summary",
     "collate_items",
     "load_item",
-    "make_method",
     "plot_curves",
     "settings_record",
     "summarise",

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..capture import model_device
 from ..images import resize_map
-from ..methods import SaliencyMethod, build_method, check_method_names
+from ..methods import check_method_names
 from ..metrics import (
     deletion,
     energy_pointing_game,
@@ -26,6 +26,7 @@ from ..metrics import (
 )
 from ..metrics.insertion import DEFAULT_STEPS
 from ..metrics.pointing import DEFAULT_TOLERANCE
+from ..session import Session
 from .loading import Item
 
 METRICS = ("pointing", "energy", "rho_plus", "rho_minus", "insertion", "deletion")
@@ -82,19 +83,12 @@ class EvalSettings:
             raise ValueError(f"tolerance must be non-negative, got {self.tolerance}")
 
 
-def make_method(
-    name: str,
-    model: nn.Module,
-    classes: Sequence[str] | None,
-    layer: str | None = None,
-    scales: Sequence[int] | None = None,
-) -> SaliencyMethod:
-    """A saliency method by name (``scales`` only applies to CAMERAS)."""
-    return build_method(name, model, layer, scales, classes)
-
-
 class Evaluator:
-    """Scores batches of loaded items: ``rows = Evaluator(model, prep, ...)(items)``.
+    """Scores batches of loaded items: ``rows = Evaluator(session, settings=...)(items)``.
+
+    source: a ``Session`` (any kind of model), or a model with ``prep`` and ``classes``
+    (a session is made over it, on ``settings.layer`` / ``settings.scales``). The
+    session's methods are the ones scored; the metrics run its ``scorer``.
 
     The call is a pure function of its items (no files, no state kept between calls),
     so it can run anywhere the model can. Each returned row is one (record, class,
@@ -105,22 +99,22 @@ class Evaluator:
 
     def __init__(
         self,
-        model: nn.Module,
-        prep,
+        source: nn.Module | Session,
+        prep=None,
         classes: Sequence[str] | None = None,
         settings: EvalSettings | None = None,
     ) -> None:
-        self.model = model
-        self.prep = prep
-        self.classes = list(classes) if classes is not None else None
         self.settings = settings or EvalSettings()
-        first = make_method(self.settings.methods[0], model, classes, self.settings.layer)
-        # One layer for every method: resolved once, so all explain the same features.
-        self.layer = first.layer_name
-        self.methods = {
-            name: make_method(name, model, classes, self.layer, self.settings.scales)
-            for name in self.settings.methods
-        }
+        if not isinstance(source, Session):
+            scales = self.settings.scales
+            source = Session(source, prep, classes, layer=self.settings.layer, scales=scales)
+        self.session = source
+        self.model = source.scorer  # what the metrics query: a torch function of the input
+        self.prep = source.prep
+        self.classes = source.class_names
+        # One layer for every method, found once, so all explain the same features.
+        self.layer = source.layer
+        self.methods = {name: source.method(name) for name in self.settings.methods}
 
     def __call__(self, items: Sequence[Item]) -> list[dict]:
         units = [

@@ -36,6 +36,7 @@ if keras.backend.backend() != "tensorflow":
         f"{keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras"
     )
 
+from ..session import Session as KerasSession  # noqa: E402 - the one Session, by its old name
 from .methods import (  # noqa: E402 - after the checks above, on purpose
     CAMERAS,
     METHODS,
@@ -47,7 +48,6 @@ from .methods import (  # noqa: E402 - after the checks above, on purpose
 )
 from .models import PREPROCESS_MODES, KerasPreprocess, is_keras_file, load_model  # noqa: E402
 from .network import KerasModelError  # noqa: E402
-from .session import KerasSession  # noqa: E402
 
 __all__ = [
     "CAMERAS",

@@ -1,111 +1,51 @@
-"""CAMERAS and the CAM baselines for Keras models: the PyTorch classes with a TensorFlow backend.
+"""CAMERAS and the CAM baselines for Keras models, under the names Keras users import.
 
-Each class here is its PyTorch twin (same constructor, same maths, same ``Explanation``)
-with the backend hooks of ``SaliencyMethod`` replaced: the model is bound as a
-``FlexibleNetwork``, each scale's scores, layer output and gradient come from a
-``KerasCapture``, inputs are (B, H, W, C) arrays and results are NumPy arrays.
+There is one class per method (``cameras.CAMERAS``, ...), whatever the model: each name
+here builds that method with the Keras backend (``cameras.backends.keras``), so it
+refuses a model that is not a ``keras.Model``. ``cameras.CAMERAS(keras_model)`` works as
+well (the backend is picked from the model's type). Inputs are (B, H, W, C) arrays and
+results NumPy arrays; a torch tensor is taken in PyTorch's layout and gives tensors.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import tensorflow as tf
-import torch
+from collections.abc import Callable
 
-from ..methods import cameras as _cameras
-from ..methods import gradcam as _gradcam
-from ..methods.base import SaliencyMethod, Targets, check_finite
-from .capture import KerasCapture
-from .network import network_for
+from ..methods import METHODS as _METHODS
+from ..methods import SaliencyMethod, build_method
 
 
-class KerasBackend:
-    """Backend hooks (see ``SaliencyMethod``) for a ``keras.Model`` on TensorFlow.
+def _keras_method(name: str) -> Callable[..., SaliencyMethod]:
+    cls = _METHODS[name]
 
-    model: a built Functional or Sequential ``keras.Model`` with one (B, H, W, C) image
-        input and (B, K) class scores (softmax or not) as its first output; nested
-        models are fine. It is never changed: a private copy with a flexible input
-        size runs, with the model's current weights copied in at every call.
-    layer: a layer name (dotted inside a nested model: ``"backbone.conv5_block3_out"``),
-        a layer of the model, or None for the last layer whose 4-D output grows with
-        the input.
-    """
+    def build(model, layer=None, **options) -> SaliencyMethod:
+        from ..backends.keras import KerasBackend  # here: that module imports this package
 
-    def _bind(self, model, layer):
-        self._network = network_for(model)
-        name = self._network.resolve_layer(layer)
-        return name, self._network.layers[name]
+        return build_method(name, model, layer, backend=KerasBackend(model), **options)
 
-    def _open_capture(self) -> KerasCapture:
-        return KerasCapture(self._network, self.layer_name, self.reshape_transform)
-
-    def _input_batch(self, x) -> tuple[torch.Tensor, None]:
-        return keras_batch(x, self._network.channels), None
-
-    def _output(self, tensor: torch.Tensor, _source: None) -> np.ndarray:
-        return tensor.detach().cpu().numpy().astype(np.float32)
-
-    def _check_targets(self, targets: Targets, batch: int) -> torch.Tensor | None:
-        # NumPy and TensorFlow classes become plain ints for the shared class rule.
-        if isinstance(targets, np.ndarray | np.integer) or tf.is_tensor(targets):
-            values = np.asarray(targets)
-            targets = int(values) if values.ndim == 0 else values.reshape(-1).tolist()
-        elif isinstance(targets, list | tuple):
-            targets = [int(t) if isinstance(t, np.integer) else t for t in targets]
-        return super()._check_targets(targets, batch)
+    build.__name__ = build.__qualname__ = cls.__name__
+    build.__doc__ = (
+        f"{cls.__name__} for a Keras model: ``{cls.__name__}(model)(x)`` with x "
+        f"(B, H, W, C), preprocessed; the arguments and result of ``cameras.{cls.__name__}``, "
+        "with ``.maps`` a (B, H, W) float32 NumPy array in [0, 1]."
+    )
+    return build
 
 
-def keras_batch(x, channels: int) -> torch.Tensor:
-    """A (B, H, W, C) or (H, W, C) float array (NumPy, TensorFlow, anything array-like)
-    -> a (B, C, H, W) float32 torch tensor for the shared maths; NaN or infinite values
-    are a ValueError, as for PyTorch models."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    try:
-        values = np.asarray(x)
-    except Exception as error:  # noqa: BLE001 - any conversion failure is the same error
-        raise TypeError(f"x must be a float array, not {type(x).__name__} ({error})") from None
-    if values.ndim == 3:
-        values = values[None]
-    if values.ndim != 4 or values.shape[0] == 0 or values.shape[-1] != channels:
-        raise ValueError(
-            f"x must have shape (B, H, W, {channels}) (channels last), got {values.shape}"
-        )
-    if not np.issubdtype(values.dtype, np.floating):
-        raise TypeError(f"x must be a float array (preprocessed image), not {values.dtype}")
-    batch = torch.from_numpy(values.astype(np.float32))
-    check_finite(batch)
-    return batch.permute(0, 3, 1, 2).contiguous()
+METHODS: dict[str, Callable[..., SaliencyMethod]] = {name: _keras_method(name) for name in _METHODS}
+CAMERAS = METHODS["cameras"]
+GradCAM = METHODS["gradcam"]
+GradCAMPlusPlus = METHODS["gradcam++"]
+XGradCAM = METHODS["xgradcam"]
+LayerCAM = METHODS["layercam"]
+HiResCAM = METHODS["hirescam"]
 
-
-class CAMERAS(KerasBackend, _cameras.CAMERAS):
-    """CAMERAS for a Keras model: ``CAMERAS(model)(x)`` with x (B, H, W, C), preprocessed.
-
-    Same arguments and result as ``cameras.CAMERAS``; ``.maps`` is a (B, H, W) float32
-    NumPy array in [0, 1].
-    """
-
-
-class GradCAM(KerasBackend, _gradcam.GradCAM):
-    """Grad-CAM for a Keras model (see ``cameras.GradCAM``)."""
-
-
-class GradCAMPlusPlus(KerasBackend, _gradcam.GradCAMPlusPlus):
-    """Grad-CAM++ for a Keras model (see ``cameras.GradCAMPlusPlus``)."""
-
-
-class XGradCAM(KerasBackend, _gradcam.XGradCAM):
-    """XGrad-CAM for a Keras model (see ``cameras.XGradCAM``)."""
-
-
-class LayerCAM(KerasBackend, _gradcam.LayerCAM):
-    """LayerCAM for a Keras model (see ``cameras.LayerCAM``)."""
-
-
-class HiResCAM(KerasBackend, _gradcam.HiResCAM):
-    """HiResCAM for a Keras model (see ``cameras.HiResCAM``)."""
-
-
-METHODS: dict[str, type[SaliencyMethod]] = {
-    cls.name: cls for cls in (CAMERAS, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM)
-}
+__all__ = [
+    "CAMERAS",
+    "METHODS",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "XGradCAM",
+]

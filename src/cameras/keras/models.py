@@ -6,9 +6,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import torch
 from PIL import Image
 
-from ..models import imagenet_classes
+from ..models import imagenet_classes, is_keras_file  # noqa: F401 - re-exported
 from .network import KerasModelError
 
 # keras.applications' preprocess_input modes, on 0-255 RGB pixels:
@@ -20,12 +21,6 @@ PREPROCESS_MODES = ("torch", "tf", "caffe", "raw")
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-
-
-def is_keras_file(path: str | Path) -> bool:
-    """Whether a --model value names a Keras model file (by its suffix)."""
-    return Path(path).suffix.lower() in _MODEL_SUFFIXES
 
 
 class KerasPreprocess:
@@ -61,6 +56,50 @@ class KerasPreprocess:
 
     def __repr__(self) -> str:
         return f"KerasPreprocess(size={self.size}, mode={self.mode!r})"
+
+    def channels_first(self) -> ChannelsFirst:
+        """This preprocessing in the library's layout, as a ``Session`` uses it."""
+        return ChannelsFirst(self)
+
+
+class ChannelsFirst:
+    """A ``KerasPreprocess`` in the layout every ``Session`` works in, as ``cameras.
+    Preprocess``: PIL image -> (3, h, w) float32 torch tensor (the very values of the
+    Keras preprocessing, transposed), and ``normalise`` / ``denormalise`` between [0, 1]
+    RGB pixels (..., 3, H, W) and model input, for the metrics and the attack."""
+
+    def __init__(self, keras_prep: KerasPreprocess) -> None:
+        self.keras = keras_prep
+        self.size = keras_prep.size
+        mode = keras_prep.mode
+        # model input = flip(pixels) * scale + offset, per channel (flip: caffe's RGB -> BGR)
+        self.flip = mode == "caffe"
+        if mode == "torch":
+            scale, offset = 1 / _TORCH_STD, -_TORCH_MEAN / _TORCH_STD
+        elif mode == "tf":
+            scale, offset = np.full(3, 2.0), np.full(3, -1.0)
+        elif mode == "caffe":
+            scale, offset = np.full(3, 255.0), -_CAFFE_BGR_MEAN
+        else:
+            scale, offset = np.full(3, 255.0), np.zeros(3)
+        self.scale = torch.tensor(scale, dtype=torch.float32)[:, None, None]
+        self.offset = torch.tensor(offset, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.keras(image))).permute(2, 0, 1)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB (..., 3, H, W) -> model input."""
+        pixels = pixels.flip(-3) if self.flip else pixels
+        return pixels * self.scale.to(pixels.device) + self.offset.to(pixels.device)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input (..., 3, H, W) -> [0, 1] RGB (not clipped)."""
+        pixels = (x - self.offset.to(x.device)) / self.scale.to(x.device)
+        return pixels.flip(-3) if self.flip else pixels
+
+    def __repr__(self) -> str:
+        return f"ChannelsFirst({self.keras!r})"
 
 
 def load_model(

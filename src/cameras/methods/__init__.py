@@ -30,13 +30,17 @@ def build_method(
     scales: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     rule: str | None = None,
+    **options,
 ) -> SaliencyMethod:
-    """The method ``name`` (a key of METHODS) for ``model``. ``scales`` and the scale
-    ``rule`` apply to CAMERAS only (the baselines run at the input's own size) and are
-    ignored by the others."""
+    """The method ``name`` (a key of METHODS) for ``model``: the one place a method is
+    constructed (``Session.method``, the ``cameras.keras`` names and the Ray actors all
+    come here). ``scales`` and the scale ``rule`` apply to CAMERAS only (the baselines run
+    at the input's own size) and are ignored by the others. options: the method's other
+    arguments (``backend``, ``reshape_transform``, CAMERAS's ``strict``)."""
     check_method_names([name])
-    extra = {"scales": scales, "rule": rule} if name == CAMERAS.name else {}
-    return METHODS[name](model, layer=layer, class_names=class_names, **extra)
+    if name == CAMERAS.name:
+        options.update(scales=scales, rule=rule)
+    return METHODS[name](model, layer=layer, class_names=class_names, **options)
 
 
 __all__ = [

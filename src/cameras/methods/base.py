@@ -8,14 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..capture import (
-    LayerCapture,
-    LayerSpec,
-    autograd_enabled,
-    model_device,
-    resolve_layer,
-    widened,
-)
+from ..budget import PassCost
+from ..capture import LayerCapture, LayerSpec, autograd_enabled
 from ..classes import Targets, class_index, class_indices
 from ..fusion import normalise_maps
 
@@ -88,15 +82,11 @@ class SaliencyMethod:
     The backend seam. Per input size a method needs three things from the model: the
     class scores (B, K), the layer's output A (B, C, h, w) and the gradient of the
     target's pre-softmax score with respect to A. ``_explain`` asks for them with
-    ``capture.run(x_scaled, targets) -> (ScaleCapture, targets)``, as torch tensors,
-    on the object that ``_open_capture()`` opens for one call; resizing, the scale
-    rule, fusion and normalisation stay here, in PyTorch. A backend for other models
-    (``cameras.keras``: TensorFlow) overrides only these hooks:
-
-    - ``_bind(model, layer) -> (layer name, layer)``: check the model, find the layer;
-    - ``_open_capture()``: the with-block object whose ``run`` gives the three things;
-    - ``_input_batch(x) -> (torch (B, C, H, W) batch, where results go)``;
-    - ``_output(tensor, where)``: a result tensor in the caller's type and place.
+    ``capture.run(x_scaled, targets) -> (ScaleCapture, targets)``, as torch tensors, on
+    the object ``self.backend.capture(...)`` opens for one call; resizing, the scale rule,
+    fusion and normalisation stay here, in PyTorch, for every kind of model. The backend
+    (``cameras.backends``: PyTorch, or Keras on TensorFlow) is picked from the model's
+    type unless one is given.
     """
 
     name = "base"
@@ -107,15 +97,20 @@ class SaliencyMethod:
         layer: LayerSpec = None,
         class_names: Sequence[str] | None = None,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        backend=None,
     ) -> None:
+        from ..backends import backend_for
+
+        self.backend = backend if backend is not None else backend_for(model)
         self.model = model
-        self.layer_name, self.layer = self._bind(model, layer)
+        self.layer_name, self.layer = self.backend.resolve_layer(layer)
         if class_names is None:
             from ..models import class_names_for
 
             class_names = class_names_for(model)
         self.class_names = list(class_names) if class_names is not None else None
         self.reshape_transform = reshape_transform
+        self._pass_cost: PassCost | None = None
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> Explanation:
         """Explain a (B, 3, H, W) batch (or one (3, H, W) image) for ``targets``.
@@ -129,39 +124,29 @@ class SaliencyMethod:
         it); the maps are accumulated and returned in float32, or a TypeError names a
         dtype the device cannot run. An input with NaN or infinite values is a ValueError.
         """
+        backend = self.backend
         with autograd_enabled():
-            x, source = self._input_batch(x)
+            x, source = backend.input_batch(x)
             wanted = self._check_targets(targets, x.shape[0])
-            with self._open_capture() as capture:
+            with backend.capture(self.layer, self.reshape_transform) as capture:
                 maps, used, scales, probabilities = self._explain(capture, x, wanted)
             return Explanation(
-                maps=self._output(normalise_maps(maps.float()), source),
+                maps=backend.output(normalise_maps(maps.float()), source),
                 targets=[int(t) for t in used],
                 scales=scales,
-                probabilities=self._output(probabilities, source),
+                probabilities=backend.output(probabilities, source),
                 method=self.name,
                 layer=self.layer_name,
                 class_names=self.class_names,
             )
 
-    # The PyTorch backend. ----------------------------------------------------------
-
-    def _bind(self, model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        return resolve_layer(model, layer)
-
-    def _open_capture(self) -> LayerCapture:
-        return LayerCapture(self.model, self.layer, self.reshape_transform)
-
-    def _input_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.device]:
-        # Resizing runs in float32 (or the input's wider dtype); LayerCapture.run casts
-        # each scale's input to the model's dtype.
-        x = check_batch(x)
-        return widened(x.to(model_device(self.model))), x.device
-
-    def _output(self, tensor: torch.Tensor, source: torch.device) -> torch.Tensor:
-        return tensor.to(source)
+    def pass_cost(self, x: torch.Tensor) -> PassCost | None:
+        """The model's memory cost per input pixel (``cameras.budget``), probed by the
+        backend on the first call (on ``x``) and kept; None where the backend has no
+        probe (Keras: only the aspect cap applies)."""
+        if self._pass_cost is None:
+            self._pass_cost = self.backend.pass_cost(self.layer, x)
+        return self._pass_cost
 
     def _explain(
         self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None
@@ -173,7 +158,7 @@ class SaliencyMethod:
         return class_index(target, self.class_names)
 
     def _check_targets(self, targets: Targets, batch: int) -> torch.Tensor | None:
-        return class_indices(targets, batch, self.class_names)
+        return class_indices(self.backend.plain_targets(targets), batch, self.class_names)
 
 
 def check_batch(x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..budget import capped_size, check_call, is_extreme, method_pass_cost, nominal_side
+from ..budget import capped_size, check_call, is_extreme, nominal_side
 from ..capture import LayerCapture, LayerSpec
 from ..fusion import fuse_scales
 from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
@@ -95,6 +95,7 @@ class CAMERAS(SaliencyMethod):
         no class is given, as the authors' code does for a class passed); a name applies
         that rule with or without a class.
     strict: older spelling: True is ``rule="top1"``, False is ``rule="all"``.
+    backend: a ``cameras.backends`` backend for ``model`` (None: picked from its type).
     """
 
     name = "cameras"
@@ -108,8 +109,9 @@ class CAMERAS(SaliencyMethod):
         strict: bool | None = None,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         rule: str | None = None,
+        backend=None,
     ) -> None:
-        super().__init__(model, layer, class_names, reshape_transform)
+        super().__init__(model, layer, class_names, reshape_transform, backend)
         if scales is not None:
             scales = [int(s) for s in scales]
             if not scales or any(s < 1 for s in scales):
@@ -133,7 +135,7 @@ class CAMERAS(SaliencyMethod):
     def check_budget(self, x: torch.Tensor, scales: list[int]) -> None:
         """Refuse (``MemoryBudgetError``, saying which scales fit) a call on the batch ``x``
         whose estimated memory exceeds the budget (``cameras.budget``)."""
-        cost = method_pass_cost(self, x)
+        cost = self.pass_cost(x)
         if cost is None:
             return
         height, width = x.shape[2:]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..budget import check_call, method_pass_cost, nominal_side
+from ..budget import check_call, nominal_side
 from ..capture import LayerCapture
 from ..fusion import resize_grid
 from .base import SaliencyMethod, scale_records, top1_of
@@ -22,7 +22,7 @@ class _SingleScaleCAM(SaliencyMethod):
         raise NotImplementedError
 
     def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
-        cost = method_pass_cost(self, x)  # one pass at the input's size: within the budget?
+        cost = self.pass_cost(x)  # one pass at the input's size: within the budget?
         if cost is not None:
             check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], batch=1)
         step, used = capture.run(x, top1_of if targets is None else targets)

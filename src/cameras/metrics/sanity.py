@@ -33,127 +33,26 @@ A constant map has no rank order or gradients: its Spearman and HOG similarity a
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
-from ..capture import autograd_enabled, eval_mode, model_device, model_dtype
-
-MODES = ("cascading", "independent")
-SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
-
-_NORMALISATION = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
+# The model side of the test (finding blocks, randomising copies) is the backend's; the
+# PyTorch one's functions stay importable from here.
+from ..backends import backend_for
+from ..backends.torch import (
+    RANDOMISATION_MODES,
+    Step,
+    randomisation_steps,
+    randomise_,
+    randomised_models,
 )
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+from ..capture import autograd_enabled
 
-
-@dataclass(frozen=True)
-class Step:
-    """One randomisation step: a label and the dotted module names it randomises."""
-
-    label: str
-    modules: tuple[str, ...]
-
-
-def _execution_order(model: nn.Module, names: list[str], probe_size: int) -> list[str]:
-    """The names (of direct or nested modules) in the order their forward first ends,
-    from one no-grad pass of a (1, 3, probe_size, probe_size) zero image."""
-    modules = dict(model.named_modules())
-    order: list[str] = []
-
-    def hook_for(name: str):
-        def hook(*_):
-            if name not in order:
-                order.append(name)
-
-        return hook
-
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            probe = torch.zeros(1, 3, probe_size, probe_size, dtype=model_dtype(model))
-            model(probe.to(model_device(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order
-
-
-def _has_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
-
-
-def randomisation_steps(model: nn.Module, probe_size: int = 64) -> list[Step]:
-    """The model's blocks in randomisation order, from the logits down (see module doc)."""
-    names: list[str] = []
-    for name, child in model.named_children():
-        if not _has_parameters(child):
-            continue
-        grandchildren = [(n, c) for n, c in child.named_children() if _has_parameters(c)]
-        if (
-            isinstance(child, _CONTAINERS)
-            and len(grandchildren) > 1
-            and all(isinstance(c, _CONTAINERS) for _, c in grandchildren)
-        ):
-            names.extend(f"{name}.{n}" for n, _ in grandchildren)
-        else:
-            names.append(name)
-    ran = _execution_order(model, names, probe_size)
-    # Modules that never ran in the probe (unused heads) come last, in definition order.
-    ordered = ran + [n for n in names if n not in ran]
-    modules = dict(model.named_modules())
-    groups: list[list[str]] = []
-    for name in ordered:
-        if groups and isinstance(modules[name], _NORMALISATION):
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    return [Step("+".join(group), tuple(group)) for group in reversed(groups)]
-
-
-@torch.no_grad()
-def randomise_(model: nn.Module, module_names: Sequence[str], generator: torch.Generator) -> None:
-    """In place: every parameter of the named modules becomes normal noise with the
-    tensor's own mean and standard deviation (see module doc)."""
-    modules = dict(model.named_modules())
-    for name in module_names:
-        if name not in modules:
-            raise ValueError(f"randomise: {name!r} is not a module of the model")
-        for parameter in modules[name].parameters():
-            values = parameter.detach().float()
-            std = float(values.std()) if values.numel() > 1 else 0.0
-            noise = torch.randn(values.shape, generator=generator, dtype=torch.float32)
-            parameter.copy_((noise * std + float(values.mean())).to(parameter))
-
-
-def randomised_models(
-    model: nn.Module,
-    steps: Sequence[Step],
-    mode: str = "cascading",
-    seed: int = 0,
-) -> Iterator[tuple[int, Step, nn.Module]]:
-    """Yield ``(k, step, randomised copy)`` for k = 1 .. len(steps).
-
-    cascading: one deep copy randomised further at each step (the same object is
-    yielded each time, changed); independent: a fresh deep copy per step. The input
-    model is never modified.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    generator = torch.Generator().manual_seed(seed)
-    cascade = copy.deepcopy(model) if mode == "cascading" else None
-    for k, step in enumerate(steps, start=1):
-        target = cascade if cascade is not None else copy.deepcopy(model)
-        randomise_(target, step.modules, generator)
-        yield k, step, target
+MODES = RANDOMISATION_MODES
+SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
 
 
 def _constant(values: np.ndarray) -> bool:
@@ -234,13 +133,14 @@ MethodFactory = Callable[[nn.Module], Callable[..., object]]
 @autograd_enabled()
 def sanity_check(
     model: nn.Module,
-    x: torch.Tensor,
+    x,
     methods: dict[str, MethodFactory],
     targets: Sequence[int] | None = None,
     mode: str = "cascading",
     steps: Sequence[Step] | None = None,
     seed: int = 0,
     progress: Callable[[], None] | None = None,
+    backend=None,
 ) -> SanityResult:
     """Run the randomisation test on one batch of same-size images.
 
@@ -251,24 +151,27 @@ def sanity_check(
     progress: called once per (step, method) evaluation. Works inside
     ``torch.no_grad()`` and ``torch.inference_mode()``: the randomised copies are made
     outside inference mode, so the methods can take gradients through them.
+    backend: the model's (``cameras.backends``; None: picked from its type), which finds
+    the blocks and makes the randomised copies.
     """
     if not methods:
         raise ValueError("sanity_check needs at least one method")
-    steps = list(steps) if steps is not None else randomisation_steps(model)
+    backend = backend if backend is not None else backend_for(model)
+    steps = list(steps) if steps is not None else backend.randomisation_steps()
     maps: dict[str, list[np.ndarray]] = {}
     chosen = list(targets) if targets is not None else None
     for name, factory in methods.items():
         result = factory(model)(x, targets=chosen)
         if chosen is None:
             chosen = list(result.targets)
-        maps[name] = [result.maps.detach().float().cpu().numpy()]
+        maps[name] = [_numpy(result.maps)]
         if progress:
             progress()
     rows: list[dict] = []
-    for k, step, randomised in randomised_models(model, steps, mode, seed):
+    for k, step, randomised in backend.randomised_models(steps, mode, seed):
         for name, factory in methods.items():
             result = factory(randomised)(x, targets=chosen)
-            current = result.maps.detach().float().cpu().numpy()
+            current = _numpy(result.maps)
             maps[name].append(current)
             for b in range(current.shape[0]):
                 rows.append(
@@ -284,6 +187,28 @@ def sanity_check(
         rows=rows,
         targets=[int(t) for t in chosen],
     )
+
+
+def _numpy(maps) -> np.ndarray:
+    """(B, H, W) maps (torch, or NumPy from a Keras model's array input) as float32 NumPy."""
+    if hasattr(maps, "detach"):
+        maps = maps.detach().float().cpu().numpy()
+    return np.asarray(maps, dtype=np.float32)
+
+
+__all__ = [
+    "MODES",
+    "SIMILARITIES",
+    "SanityResult",
+    "Step",
+    "mean_similarities",
+    "randomisation_steps",
+    "randomise_",
+    "randomised_models",
+    "sanity_check",
+    "similarities",
+    "similarity_markdown",
+]
 
 
 # --------------------------------------------------------------------------------------
