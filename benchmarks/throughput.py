@@ -140,8 +140,9 @@ def ray_explain(args, tasks, paths, prep, out: Path) -> dict:
     """One explain run on the Ray started by the caller: the time to the first result
     (actor start and model load included)."""
     from cameras.distributed import ExplainJob, explain_ray
+    from cameras.session import SessionSpec
 
-    job = ExplainJob("efficientnet_lite0", None, "cpu", "cameras", None, tuple(args.scales), None)
+    job = ExplainJob(SessionSpec(device="cpu", scales=tuple(args.scales)), "cameras", None)
     marks: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -240,8 +241,9 @@ def evaluate_benchmark(args, model, prep, classes) -> dict:
             import ray
 
             from cameras.distributed import EvaluateJob, evaluate_ray
+            from cameras.session import SessionSpec
 
-            job = EvaluateJob("efficientnet_lite0", None, "cpu", settings)
+            job = EvaluateJob(SessionSpec(device="cpu"), settings)
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             try:
                 stream = evaluate_ray(records, job, prep, "local", None, args.batch_size)

@@ -425,6 +425,7 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(lite0, photos
     reruns the unfinished batches; every image is written exactly once, maps exact."""
     from cameras.distributed import ExplainJob, explain_ray
     from cameras.pipeline import ImageWriter, image_tasks, save_explanations
+    from cameras.session import SessionSpec
 
     model, prep, _ = lite0
     folder = tmp_path / "photos"
@@ -433,7 +434,7 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(lite0, photos
         for path in sorted(photos.iterdir()):
             (folder / f"{copy}_{path.name}").write_bytes(path.read_bytes())
     paths = sorted(folder.iterdir())
-    job = ExplainJob("efficientnet_lite0", None, "cpu", "cameras", None, (224, 324), None)
+    job = ExplainJob(SessionSpec(device="cpu", scales=(224, 324)), "cameras", None)
     killed: list[int] = []
     seen: list[tuple[int, int]] = []
 
@@ -516,10 +517,13 @@ def test_a_model_that_cannot_load_on_the_actors_fails_the_job_in_one_line(lite0,
     job stops with RayJobError naming the cause, instead of restarting the actor forever."""
     from cameras.distributed import ExplainJob, RayJobError, explain_ray
     from cameras.pipeline import image_tasks
+    from cameras.session import SessionSpec
 
     _, prep, _ = lite0
     missing = tmp_path / "missing.pth"
-    job = ExplainJob("efficientnet_lite0", str(missing), "cpu", "cameras", None, (224,), None)
+    job = ExplainJob(
+        SessionSpec(weights=str(missing), device="cpu", scales=(224,)), "cameras", None
+    )
     started = time.perf_counter()
     with pytest.raises(RayJobError) as failure:
         list(explain_ray(image_tasks(sorted(photos.iterdir())), job, prep, workers=1))

@@ -127,9 +127,12 @@ class MapResult:
 
 
 def method_for(session: Session, name: str, preset: str = "default") -> SaliencyMethod:
-    """The session's method ``name`` at a quality preset (only CAMERAS uses scales)."""
+    """The session's method ``name`` at a quality preset (only CAMERAS uses scales); the
+    default preset is the session's own scales when it has some (``serve --scales``)."""
     if name not in METHODS:
         raise WebError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if preset == "default" and session.scales:
+        return session.method(name)
     return session.method(name, preset_scales(preset, session.prep.size))
 
 
