@@ -121,8 +121,19 @@ def test_explain_gives_the_pytorch_maps(method, rule, keras_file, photo, tmp_pat
     maps = {}
     for kind, model in models(keras_file).items():
         out = tmp_path / kind
-        run(capsys, "explain", photo, *model, "--method", method, "--scales", SCALES,
-            *rule_args, "--out", out)  # fmt: skip
+        run(
+            capsys,
+            "explain",
+            photo,
+            *model,
+            "--method",
+            method,
+            "--scales",
+            SCALES,
+            *rule_args,
+            "--out",
+            out,
+        )
         maps[kind] = np.load(out / f"cat_{method}.npy")
     assert maps["keras"].shape == (60, 90)
     assert np.abs(maps["keras"] - maps["torch"]).max() <= MAPS
@@ -147,9 +158,9 @@ def test_compare_gives_the_pytorch_panels(keras_file, twin, photo, tmp_path, cap
     )
     lines = {}
     for kind, model in models(keras_file).items():
-        err = run(capsys, "compare", photo, "--models", model[1], *model[2:],
-                  "--methods", "cameras,gradcam", "--classes", f"{first},{second}",
-                  "--scales", SCALES, "--rule", "top5", "--out", tmp_path / f"{kind}.png")  # fmt: skip
+        options = ["--methods", "cameras,gradcam", "--classes", f"{first},{second}"]
+        options += ["--scales", SCALES, "--rule", "top5", "--out", tmp_path / f"{kind}.png"]
+        err = run(capsys, "compare", photo, "--models", model[1], *model[2:], *options)
         lines[kind] = [line.split(": ", 1)[1] for line in err.splitlines() if ": class" in line]
     assert lines["keras"] == lines["torch"] and len(lines["torch"]) == 2
     assert "scales kept [224" in lines["torch"][0]  # the top5 rule reached CAMERAS
@@ -167,19 +178,43 @@ def test_compare_gives_the_pytorch_panels(keras_file, twin, photo, tmp_path, cap
 @pytest.fixture(scope="module")
 def annotations(photo):
     path = photo.parent / "boxes.json"
-    objects = [{"class_index": 3, "boxes": [[10, 5, 60, 50]]}, {"class_index": 7, "boxes": [
-        [0, 0, 30, 30]]}]  # fmt: skip
+    objects = [
+        {"class_index": 3, "boxes": [[10, 5, 60, 50]]},
+        {"class_index": 7, "boxes": [[0, 0, 30, 30]]},
+    ]
     path.write_text(json.dumps([{"file": photo.name, "objects": objects}]))
     return path
 
 
-METRIC_COLUMNS = ["probability", "pointing", "energy", "rho_plus", "rho_minus", "insertion",
-                  "deletion"]  # fmt: skip
+METRIC_COLUMNS = [
+    "probability",
+    "pointing",
+    "energy",
+    "rho_plus",
+    "rho_minus",
+    "insertion",
+    "deletion",
+]
 
 
 def evaluate_rows(capsys, annotations, model, out, *extra) -> list[dict]:
-    run(capsys, "evaluate", annotations, *model, "--methods", "cameras,gradcam", "--scales",
-        SCALES, "--steps", "4", "--batch-size", "4", "--out", out, *extra)  # fmt: skip
+    run(
+        capsys,
+        "evaluate",
+        annotations,
+        *model,
+        "--methods",
+        "cameras,gradcam",
+        "--scales",
+        SCALES,
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--out",
+        out,
+        *extra,
+    )
     return csv_rows(out / "results.csv")
 
 
@@ -201,8 +236,20 @@ def test_sanity_gives_the_pytorch_similarities(keras_file, photo, tmp_path, caps
     rows = {}
     for kind, model in models(keras_file).items():
         out = tmp_path / kind
-        run(capsys, "sanity", photo, *model, "--methods", "cameras,gradcam", "--scales",
-            SCALES, "--class", "3", "--out", out)  # fmt: skip
+        run(
+            capsys,
+            "sanity",
+            photo,
+            *model,
+            "--methods",
+            "cameras,gradcam",
+            "--scales",
+            SCALES,
+            "--class",
+            "3",
+            "--out",
+            out,
+        )
         rows[kind] = csv_rows(out / "sanity.csv")
     # The same blocks, from the logits down, randomised with the same numbers.
     labels = [(r["method"], r["step"], r["label"]) for r in rows["torch"]]
@@ -218,8 +265,20 @@ def test_attack_gives_the_pytorch_norms(keras_file, photo, tmp_path, capsys):
     rows = {}
     for kind, model in models(keras_file).items():
         out = tmp_path / kind
-        run(capsys, "attack", photo, *model, "--method", "gradcam", "--steps", "6",
-            "--target", "2", "--out", out)  # fmt: skip
+        run(
+            capsys,
+            "attack",
+            photo,
+            *model,
+            "--method",
+            "gradcam",
+            "--steps",
+            "6",
+            "--target",
+            "2",
+            "--out",
+            out,
+        )
         rows[kind] = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
     want, got = rows["torch"][0], rows["keras"][0]
     for row in (want, want["plain"], got, got["plain"]):
@@ -248,8 +307,24 @@ def test_serve_opens_a_keras_session_and_its_page_gives_the_pytorch_maps(
 
     monkeypatch.setattr(web, "build_app", lambda session, **_: opened.append(session) or App())
     monkeypatch.setattr(web, "serve", lambda *args, **kwargs: None)
-    assert main(["serve", "--model", str(keras_file), "--preprocess", "torch", "--scales",
-                 SCALES, "--rule", "top1", "--port", str(free_port())]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "serve",
+                "--model",
+                str(keras_file),
+                "--preprocess",
+                "torch",
+                "--scales",
+                SCALES,
+                "--rule",
+                "top1",
+                "--port",
+                str(free_port()),
+            ]
+        )
+        == 0
+    )
     keras_session = opened[0]
     assert keras_session.backend.name == "keras" and keras_session.rule == "top1"
     torch_session = Session(
@@ -264,12 +339,15 @@ def test_serve_opens_a_keras_session_and_its_page_gives_the_pytorch_maps(
         list(pages[1]["top5"].values()), list(pages[0]["top5"].values()), atol=1e-5
     )
     results = [
-        web.explain_photo(s, small, None, ["cameras", "gradcam"]) for s in (torch_session,
-                                                                          keras_session)
-    ]  # fmt: skip
+        web.explain_photo(s, small, None, ["cameras", "gradcam"])
+        for s in (torch_session, keras_session)
+    ]
     for want, got in zip(*results, strict=True):
-        assert (got.method, got.target, got.scales_kept) == (want.method, want.target,
-                                                            want.scales_kept)  # fmt: skip
+        assert (got.method, got.target, got.scales_kept) == (
+            want.method,
+            want.target,
+            want.scales_kept,
+        )
         assert np.abs(got.saliency - want.saliency).max() <= MAPS
 
 
@@ -316,8 +394,14 @@ def test_a_keras_file_without_preprocess_is_one_line_on_every_subcommand(
     argv = [values.get(part, part) for part in command]
     if argv[-1] != "--models":
         argv.append("--model")
-    code = main([*argv, str(keras_file), "--out" if command[0] != "serve" else "--host",
-                 str(tmp_path / "o.png") if command[0] != "serve" else "127.0.0.1"])  # fmt: skip
+    code = main(
+        [
+            *argv,
+            str(keras_file),
+            "--out" if command[0] != "serve" else "--host",
+            str(tmp_path / "o.png") if command[0] != "serve" else "127.0.0.1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "needs --preprocess" in err and len(err.strip().splitlines()) == 1, err
