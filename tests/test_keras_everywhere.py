@@ -425,3 +425,24 @@ def test_a_spec_pickles_and_rebuilds_the_same_session(kind, keras_file, chelsea)
         assert got.targets == want.targets
         assert torch.equal(torch.as_tensor(got.maps), torch.as_tensor(want.maps))
     assert rebuilt.layer == session.layer and rebuilt.method("cameras").scales == [224, 272]
+
+
+def test_one_class_per_method_whatever_the_model(weights, twin, chelsea):
+    """``cameras.CAMERAS(keras_model)`` picks the Keras backend; ``cameras.keras.CAMERAS``
+    is the same class with that backend required; a torch tensor in PyTorch's layout
+    gives tensors, a Keras (B, H, W, C) array gives NumPy arrays, the same maps."""
+    import cameras
+
+    model = keras_twin(NUM_CLASSES)
+    set_keras_weights(model, weights)
+    x = Preprocess(64, IMAGENET_MEAN, IMAGENET_STD)(chelsea)[None]
+    by_type = cameras.CAMERAS(model, scales=[64, 96])
+    keras_name = ck.CAMERAS(model, scales=[64, 96])
+    assert type(by_type) is type(keras_name) is cameras.CAMERAS
+    assert by_type.backend.name == keras_name.backend.name == "keras"
+    as_tensor = by_type(x, targets=3)
+    as_array = keras_name(x.permute(0, 2, 3, 1).numpy(), targets=np.int64(3))
+    assert isinstance(as_tensor.maps, torch.Tensor) and isinstance(as_array.maps, np.ndarray)
+    np.testing.assert_array_equal(as_tensor.maps.numpy(), as_array.maps)
+    want = cameras.CAMERAS(twin, layer="act", scales=[64, 96])(x, targets=3)
+    assert (as_tensor.maps - want.maps).abs().max() <= MAPS

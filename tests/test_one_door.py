@@ -95,3 +95,23 @@ def test_methods_are_constructed_only_in_build_method():
                 outside.append(f"{relative}:{line} {function}: {what}")
     assert outside == [], "methods built outside build_method:\n" + "\n".join(outside)
     assert builder_calls == BUILDER_CALLERS
+
+
+def test_method_options_reach_every_subcommand_with_one_help_text():
+    """--layer, --scales, --rule and --preprocess: on every subcommand that runs a method,
+    from the one helper (so one help text each); --rule's help says what the default does."""
+    import argparse
+
+    from cameras.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    helps: dict[str, set[str]] = {}
+    for name in ("explain", "compare", "evaluate", "sanity", "attack", "serve"):
+        options = {o: a.help for a in commands[name]._actions for o in a.option_strings}
+        for option in ("--layer", "--scales", "--rule", "--preprocess"):
+            assert option in options, f"{name} has no {option}"
+            helps.setdefault(option, set()).add(options[option])
+    assert all(len(texts) == 1 for texts in helps.values()), helps
+    (rule,) = helps["--rule"]
+    assert "default: all, every scale counts, with or without a class" in rule
