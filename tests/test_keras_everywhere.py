@@ -446,3 +446,21 @@ def test_one_class_per_method_whatever_the_model(weights, twin, chelsea):
     np.testing.assert_array_equal(as_tensor.maps.numpy(), as_array.maps)
     want = cameras.CAMERAS(twin, layer="act", scales=[64, 96])(x, targets=3)
     assert (as_tensor.maps - want.maps).abs().max() <= MAPS
+
+
+@pytest.mark.parametrize("mode", ["torch", "tf", "caffe", "raw"])
+def test_a_sessions_keras_preprocessing_is_the_keras_one_in_pytorchs_layout(mode, chelsea):
+    """What a session over a Keras file feeds the model is exactly ``KerasPreprocess``'s
+    array, transposed; ``normalise`` / ``denormalise`` (the metrics' and the attack's
+    pixel space) agree with it and undo each other."""
+    from cameras.keras import KerasPreprocess
+
+    keras_prep = KerasPreprocess(40, mode)
+    prep = keras_prep.channels_first()
+    image = chelsea.resize((60, 40))
+    x = prep(image)
+    np.testing.assert_array_equal(x.permute(1, 2, 0).numpy(), keras_prep(image))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+    scale = 255.0 if mode in ("caffe", "raw") else 1.0
+    torch.testing.assert_close(prep.normalise(pixels), x, atol=1e-5 * scale, rtol=0)
+    torch.testing.assert_close(prep.denormalise(x), pixels, atol=1e-6, rtol=0)
