@@ -16,7 +16,7 @@ print or draw what comes back::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,22 @@ class SessionSpec:
             object.__setattr__(self, "device", str(self.device))
         if self.scales is not None:
             object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
+
+    def for_workers(self, device: str | None, layer: str) -> SessionSpec:
+        """This spec for other processes (Ray actors): on their ``device``, with the layer
+        this process resolved (so every worker explains the same one), and local files
+        (a model file, weights) as absolute paths, wherever the workers start."""
+
+        def absolute(path: str | None) -> str | None:
+            return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+        return replace(
+            self,
+            device=device,
+            layer=layer,
+            model=absolute(self.model),
+            weights=absolute(self.weights),
+        )
 
     def build(self) -> Session:
         """The session this spec describes (ModelError if the model cannot load)."""

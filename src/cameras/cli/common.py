@@ -159,7 +159,7 @@ def session_spec(args: argparse.Namespace, name: str | None = None) -> SessionSp
     weights = getattr(args, "weights", None)
     return SessionSpec(
         model=name or args.model,
-        weights=str(Path(weights).resolve()) if weights else None,
+        weights=str(weights) if weights else None,
         device=pick_device(args.device),
         layer=args.layer,
         scales=tuple(args.scales) if args.scales else None,

@@ -58,8 +58,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--models",
         default=DEFAULT_MODEL,
-        help="comma-separated model names, e.g. efficientnet_lite0,efficientnet_lite1 "
-        "(default: %(default)s)",
+        help="comma-separated model names, e.g. efficientnet_lite0,efficientnet_lite1, or "
+        "Keras model files with --preprocess (default: %(default)s)",
     )
     parser.add_argument(
         "--weights", type=Path, help="local state dict, one model only (default: none)"

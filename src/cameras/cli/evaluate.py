@@ -147,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if ray_address is not None:
         from ..distributed import EvaluateJob, evaluate_ray
 
-        # The actors rebuild the driver's session, on their device and its resolved layer.
-        spec = replace(session.spec, device=actor_device, layer=evaluator.layer)
+        spec = session.spec.for_workers(actor_device, evaluator.layer)
         job = EvaluateJob(spec, replace(settings, layer=evaluator.layer))
         stream = evaluate_ray(todo, job, session.prep, ray_address, args.workers, args.batch_size)
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from ..pipeline import ImageWriter, explain_local, image_tasks, save_explanations
 from .common import (
@@ -72,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if ray_address is not None:
         from ..distributed import ExplainJob, explain_ray
 
-        # The actors rebuild the driver's session, on their device and its resolved layer.
-        spec = replace(session.spec, device=actor_device, layer=session.layer)
+        spec = session.spec.for_workers(actor_device, session.layer)
         job = ExplainJob(spec, args.method, target, args.cmap, args.alpha)
         stream = explain_ray(tasks, job, session.prep, ray_address, args.workers, args.batch_size)
     else:
