@@ -121,19 +121,8 @@ def test_explain_gives_the_pytorch_maps(method, rule, keras_file, photo, tmp_pat
     maps = {}
     for kind, model in models(keras_file).items():
         out = tmp_path / kind
-        run(
-            capsys,
-            "explain",
-            photo,
-            *model,
-            "--method",
-            method,
-            "--scales",
-            SCALES,
-            *rule_args,
-            "--out",
-            out,
-        )
+        options = f"--method {method} --scales {SCALES}".split()
+        run(capsys, "explain", photo, *model, *options, *rule_args, "--out", out)
         maps[kind] = np.load(out / f"cat_{method}.npy")
     assert maps["keras"].shape == (60, 90)
     assert np.abs(maps["keras"] - maps["torch"]).max() <= MAPS
@@ -186,35 +175,12 @@ def annotations(photo):
     return path
 
 
-METRIC_COLUMNS = [
-    "probability",
-    "pointing",
-    "energy",
-    "rho_plus",
-    "rho_minus",
-    "insertion",
-    "deletion",
-]
+METRIC_COLUMNS = "probability pointing energy rho_plus rho_minus insertion deletion".split()
 
 
 def evaluate_rows(capsys, annotations, model, out, *extra) -> list[dict]:
-    run(
-        capsys,
-        "evaluate",
-        annotations,
-        *model,
-        "--methods",
-        "cameras,gradcam",
-        "--scales",
-        SCALES,
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--out",
-        out,
-        *extra,
-    )
+    options = f"--methods cameras,gradcam --scales {SCALES} --steps 4 --batch-size 4".split()
+    run(capsys, "evaluate", annotations, *model, *options, "--out", out, *extra)
     return csv_rows(out / "results.csv")
 
 
@@ -236,20 +202,8 @@ def test_sanity_gives_the_pytorch_similarities(keras_file, photo, tmp_path, caps
     rows = {}
     for kind, model in models(keras_file).items():
         out = tmp_path / kind
-        run(
-            capsys,
-            "sanity",
-            photo,
-            *model,
-            "--methods",
-            "cameras,gradcam",
-            "--scales",
-            SCALES,
-            "--class",
-            "3",
-            "--out",
-            out,
-        )
+        options = f"--methods cameras,gradcam --scales {SCALES} --class 3".split()
+        run(capsys, "sanity", photo, *model, *options, "--out", out)
         rows[kind] = csv_rows(out / "sanity.csv")
     # The same blocks, from the logits down, randomised with the same numbers.
     labels = [(r["method"], r["step"], r["label"]) for r in rows["torch"]]
@@ -265,20 +219,8 @@ def test_attack_gives_the_pytorch_norms(keras_file, photo, tmp_path, capsys):
     rows = {}
     for kind, model in models(keras_file).items():
         out = tmp_path / kind
-        run(
-            capsys,
-            "attack",
-            photo,
-            *model,
-            "--method",
-            "gradcam",
-            "--steps",
-            "6",
-            "--target",
-            "2",
-            "--out",
-            out,
-        )
+        options = "--method gradcam --steps 6 --target 2".split()
+        run(capsys, "attack", photo, *model, *options, "--out", out)
         rows[kind] = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
     want, got = rows["torch"][0], rows["keras"][0]
     for row in (want, want["plain"], got, got["plain"]):
@@ -307,24 +249,8 @@ def test_serve_opens_a_keras_session_and_its_page_gives_the_pytorch_maps(
 
     monkeypatch.setattr(web, "build_app", lambda session, **_: opened.append(session) or App())
     monkeypatch.setattr(web, "serve", lambda *args, **kwargs: None)
-    assert (
-        main(
-            [
-                "serve",
-                "--model",
-                str(keras_file),
-                "--preprocess",
-                "torch",
-                "--scales",
-                SCALES,
-                "--rule",
-                "top1",
-                "--port",
-                str(free_port()),
-            ]
-        )
-        == 0
-    )
+    options = f"--preprocess torch --scales {SCALES} --rule top1 --port {free_port()}".split()
+    assert main(["serve", "--model", str(keras_file), *options]) == 0
     keras_session = opened[0]
     assert keras_session.backend.name == "keras" and keras_session.rule == "top1"
     torch_session = Session(
@@ -379,29 +305,20 @@ def test_evaluate_on_ray_gives_the_pytorch_metrics(keras_file, annotations, tmp_
 @pytest.mark.parametrize(
     "command",
     [
-        ["explain", "IMAGE"],
-        ["compare", "IMAGE", "--models"],
-        ["evaluate", "IMAGE"],
-        ["sanity", "IMAGE"],
-        ["attack", "IMAGE"],
-        ["serve", "--port", "PORT"],
+        "explain IMAGE --model KERAS --out OUT",
+        "compare IMAGE --models KERAS --out OUT.png",
+        "evaluate IMAGE --model KERAS --out OUT",
+        "sanity IMAGE --model KERAS --out OUT",
+        "attack IMAGE --model KERAS --out OUT",
+        "serve --model KERAS --port PORT",
     ],
 )
 def test_a_keras_file_without_preprocess_is_one_line_on_every_subcommand(
     command, keras_file, photo, tmp_path, capsys
 ):
-    values = {"IMAGE": str(photo), "PORT": str(free_port())}
-    argv = [values.get(part, part) for part in command]
-    if argv[-1] != "--models":
-        argv.append("--model")
-    code = main(
-        [
-            *argv,
-            str(keras_file),
-            "--out" if command[0] != "serve" else "--host",
-            str(tmp_path / "o.png") if command[0] != "serve" else "127.0.0.1",
-        ]
-    )
+    values = {"IMAGE": photo, "KERAS": keras_file, "OUT": tmp_path / "o", "PORT": free_port()}
+    values["OUT.png"] = tmp_path / "o.png"
+    code = main([str(values.get(part, part)) for part in command.split()])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "needs --preprocess" in err and len(err.strip().splitlines()) == 1, err
