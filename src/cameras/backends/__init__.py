@@ -24,9 +24,7 @@ from .torch import TorchBackend
 
 def is_keras_model(model: object) -> bool:
     """Whether ``model`` is a Keras model, told from its type without importing Keras."""
-    return any(cls.__module__.split(".")[0] == "keras" for cls in type(model).__mro__) and (
-        hasattr(model, "inputs")
-    )
+    return any(cls.__module__.split(".")[0] == "keras" for cls in type(model).__mro__)
 
 
 def backend_for(model: object):
