@@ -40,3 +40,9 @@ def test_unknown_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         cameras.nope  # noqa: B018
+
+
+def test_submodules_are_reachable_as_attributes():
+    code = "import cameras; print(cameras.viz.comparison_figure.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "comparison_figure", result.stderr

@@ -16,6 +16,7 @@ The public names are imported on first use (PEP 562), so ``import cameras`` and
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -46,9 +47,13 @@ __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name not in _PUBLIC:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # A submodule, as ``import cameras; cameras.viz.overlay`` expects.
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'cameras' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
