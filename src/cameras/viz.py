@@ -213,11 +213,35 @@ def comparison_figure(
     ``"panel i,j"``, ``"colorbar"`` and ``"colorbar signed"``; ``panel_boxes(figure)``
     returns their pixel boxes.
     """
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
+
+    rows = _checked_rows(rows, cmap, diff_cmap, alpha, panel_height)
+    photo = fit_height(image, panel_height)
+    width, height = figure_size(image.size, rows, panel_height, title is not None)
+    grid = _Grid(photo.size, 1 + max(len(row) for row in rows), width, height, bool(title))
+    if signed_range is None:
+        signed_range = symmetric_range(rows)
+
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    figure.patch.set_facecolor("white")
+    if title:
+        figure.text(0.5, 1 - _GAP / height, title, ha="center", va="top", fontsize=_FONT_SIZE + 2)
+    grid.add_cell(figure, 0, 0, photo, "photo", photo_title)
+    for i, row in enumerate(rows):
+        for j, panel in enumerate(row):
+            pixels = panel_image(photo, panel, cmap, alpha, diff_cmap, signed_range)
+            grid.add_cell(figure, i, j + 1, pixels, f"panel {i},{j}", panel.title)
+    _add_colour_bars(figure, grid, rows, cmap, diff_cmap, signed_range, diff_labels)
+    return figure
+
+
+def _checked_rows(
+    rows: Sequence[Sequence[Panel]], cmap: str, diff_cmap: str, alpha: float, panel_height: int
+) -> list[list[Panel]]:
+    """The rows as lists, or a ValueError naming the first bad argument of comparison_figure."""
+    from matplotlib import colormaps
 
     for name in {cmap, diff_cmap}:
         if name not in colormaps:
@@ -229,39 +253,52 @@ def comparison_figure(
     rows = [list(row) for row in rows]
     if not rows or not any(rows):
         raise ValueError("comparison_figure: no panels to draw")
+    return rows
 
-    photo = fit_height(image, panel_height)
-    cell_w, cell_h = photo.size
-    columns = 1 + max(len(row) for row in rows)
-    top = _GAP + (_FONT_SIZE * 2 if title else 0)
-    width, height = figure_size(image.size, rows, panel_height, title is not None)
-    if signed_range is None:
-        signed_range = symmetric_range(rows)
 
-    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
-    FigureCanvasAgg(figure)
-    figure.patch.set_facecolor("white")
-    if title:
-        figure.text(0.5, 1 - _GAP / height, title, ha="center", va="top", fontsize=_FONT_SIZE + 2)
+@dataclass(frozen=True)
+class _Grid:
+    """Where comparison_figure's cells go, in pixels of a width x height figure: cells of
+    ``cell`` (w, h) in ``columns`` columns, each under a title line, below an optional
+    figure title."""
 
-    def add_cell(row: int, column: int, pixels: Image.Image, label: str, text: str):
+    cell: tuple[int, int]
+    columns: int
+    width: int
+    height: int
+    titled: bool
+
+    @property
+    def top(self) -> int:
+        return _GAP + (_FONT_SIZE * 2 if self.titled else 0)
+
+    @property
+    def right(self) -> int:
+        """The x just past the last column (where the colour bars start)."""
+        return _GAP + self.columns * (self.cell[0] + _GAP)
+
+    def row_top(self, row: int) -> int:
+        """The y of the image (below its title line) in ``row``."""
+        return self.top + row * (_TITLE + self.cell[1] + _GAP) + _TITLE
+
+    def add_cell(self, figure, row: int, column: int, pixels, label: str, text: str) -> None:
+        cell_w, cell_h = self.cell
         x0 = _GAP + column * (cell_w + _GAP)
-        y0 = top + row * (_TITLE + cell_h + _GAP) + _TITLE
-        axes = figure.add_axes(_fraction_box(x0, y0, cell_w, cell_h, width, height), label=label)
+        box = _fraction_box(x0, self.row_top(row), cell_w, cell_h, self.width, self.height)
+        axes = figure.add_axes(box, label=label)
         axes.imshow(np.asarray(pixels), interpolation="none", aspect="auto")
         axes.set_axis_off()
         _fit_text(axes.set_title(text, fontsize=_FONT_SIZE, pad=3, linespacing=1.2), cell_w)
 
-    add_cell(0, 0, photo, "photo", photo_title)
-    for i, row in enumerate(rows):
-        for j, panel in enumerate(row):
-            pixels = panel_image(photo, panel, cmap, alpha, diff_cmap, signed_range)
-            add_cell(i, j + 1, pixels, f"panel {i},{j}", panel.title)
 
-    # Colour bars at the right: each as tall as the rows that use it. When the plain rows
-    # and the signed rows are two separate blocks (the usual case: the difference row
-    # last) both bars share one column; otherwise they stand side by side.
-    grid_right = _GAP + columns * (cell_w + _GAP)
+def _add_colour_bars(figure, grid: _Grid, rows, cmap, diff_cmap, signed_range, diff_labels):
+    """Colour bars at the right, each as tall as the rows that use it. When the plain rows
+    and the signed rows are two separate blocks (the usual case: the difference row last)
+    both bars share one column; otherwise they stand side by side."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     plain_rows = [i for i, row in enumerate(rows) if any(not p.signed for p in row)]
     signed_rows = [i for i, row in enumerate(rows) if any(p.signed for p in row)]
     bars = []
@@ -272,25 +309,28 @@ def comparison_figure(
         bars.append(("colorbar signed", diff_cmap, norm, signed_rows))
     stacked = _bars_stack(plain_rows, signed_rows)
     for k, (label, name, norm, used) in enumerate(bars):
-        x0 = grid_right + (0 if stacked else k * _BAR_SPACE)
-        y0 = top + min(used) * (_TITLE + cell_h + _GAP) + _TITLE
-        y1 = top + max(used) * (_TITLE + cell_h + _GAP) + _TITLE + cell_h
-        box = _fraction_box(x0, y0, _BAR_WIDTH, y1 - y0, width, height)
+        x0 = grid.right + (0 if stacked else k * _BAR_SPACE)
+        y0 = grid.row_top(min(used))
+        y1 = grid.row_top(max(used)) + grid.cell[1]
+        box = _fraction_box(x0, y0, _BAR_WIDTH, y1 - y0, grid.width, grid.height)
         axes = figure.add_axes(box, label=label)
         bar = figure.colorbar(ScalarMappable(norm=norm, cmap=colormaps[name]), cax=axes)
         bar.ax.tick_params(labelsize=_FONT_SIZE - 1)
         if label == "colorbar signed":
-            r = signed_range
-            bar.set_ticks([-r, 0.0, r])
-            bar.set_ticklabels([f"\u2212{r:.2f}", "0", f"+{r:.2f}"])
-            if diff_labels is not None:
-                # Along the bar (read bottom to top): class b at the bottom, class a on top.
-                text = f"\u2190 {_short(diff_labels[1])}    {_short(diff_labels[0])} \u2192"
-                bar.set_label(text, fontsize=_FONT_SIZE)
-                _fit_text(bar.ax.yaxis.label, y1 - y0, vertical=True)
+            _label_signed_bar(bar, signed_range, diff_labels, y1 - y0)
         else:
             bar.set_label("saliency", fontsize=_FONT_SIZE)
-    return figure
+
+
+def _label_signed_bar(bar, signed_range: float, diff_labels, length: int) -> None:
+    r = signed_range
+    bar.set_ticks([-r, 0.0, r])
+    bar.set_ticklabels([f"\u2212{r:.2f}", "0", f"+{r:.2f}"])
+    if diff_labels is not None:
+        # Along the bar (read bottom to top): class b at the bottom, class a on top.
+        text = f"\u2190 {_short(diff_labels[1])}    {_short(diff_labels[0])} \u2192"
+        bar.set_label(text, fontsize=_FONT_SIZE)
+        _fit_text(bar.ax.yaxis.label, length, vertical=True)
 
 
 def figure_size(

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -340,15 +341,6 @@ def build_app(
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
 
-    folders = ResultFolders()
-    size = session.prep.size
-    preset_choices = []
-    for preset in PRESETS:
-        scales = preset_scales(preset, size)
-        label = f"{preset}: {scales[0]}..{scales[-1]} ({len(scales)} scales)"
-        preset_choices.append((label, preset))
-    limits = f"up to {max_bytes / MEGABYTE:g} MB and {max_side} pixels a side"
-
     # Gradio keeps a copy of every file it serves: drop those older than KEEP_SECONDS.
     expiry = (600, KEEP_SECONDS)
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=expiry) as app:
@@ -356,130 +348,144 @@ def build_app(
             "## CAMERAS: what does the model look at?\n"
             "Drop a photo, pick a class and one or more methods, then **Explain**. "
             f"Model: `{model_name or type(session.model).__name__}`, "
-            f"input shorter side {size} px."
+            f"input shorter side {session.prep.size} px."
         )
-        photo = gr.State(None)
-        computed = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(label=f"Photo ({limits})", elem_id="upload", height=150)
-                preview = gr.Image(label="Photo", interactive=False, elem_id="preview", height=240)
-                top5 = gr.Label(num_top_classes=5, label="Top-5 classes", elem_id="top5")
-            with gr.Column(scale=2):
-                with gr.Row():
-                    target = gr.Dropdown(
-                        label="Class to explain",
-                        info="one of the top-5, or type a class name or index",
-                        choices=[],
-                        allow_custom_value=True,
-                        filterable=True,
-                        elem_id="target",
-                    )
-                    preset = gr.Radio(
-                        choices=preset_choices,
-                        value="default",
-                        label="Quality (CAMERAS scales; more is sharper and slower)",
-                        elem_id="preset",
-                    )
-                methods = gr.CheckboxGroup(
-                    choices=list(METHODS),
-                    value=["cameras", "gradcam"],
-                    label="Methods",
-                    elem_id="methods",
-                )
-                with gr.Row():
-                    button = gr.Button("Explain", variant="primary", elem_id="explain")
-                    alpha = gr.Slider(
-                        0.0, 1.0, value=0.5, step=0.05, label="Map opacity", elem_id="alpha"
-                    )
-                status = gr.Markdown("Upload a photo to start.", elem_id="status")
-                gallery = gr.Gallery(
-                    label="Overlays",
-                    columns=2,
-                    height="auto",
-                    object_fit="contain",
-                    format="png",
-                    elem_id="overlays",
-                )
-                downloads = gr.File(
-                    label=f"Downloads: overlay .png and raw map .npy (float32, photo's size, "
-                    f"at most {WORK_SIDE} px a side)",
-                    file_count="multiple",
-                    interactive=False,
-                    elem_id="downloads",
-                )
-
-        def shown(items: list, image: Image.Image):
-            # Up to three overlays a row; the gallery is made tall enough for every row at
-            # the photo's aspect ratio (about 700 px of width to share) plus the label and
-            # the gaps, so no overlay is cut or scrolled.
-            if not items:
-                return gr.Gallery()
-            columns = min(len(items), 3)
-            rows = -(-len(items) // columns)
-            box = 700 // columns * image.height // image.width
-            return gr.Gallery(value=items, columns=columns, height=rows * (box + 40) + 80)
-
-        def on_upload(file):
-            # The drop zone is emptied every time, so it is always ready for the next photo;
-            # the preview and the status line say which photo is loaded.
-            page = handle_upload(session, file, max_bytes, max_side)
-            dropdown = gr.Dropdown(choices=page["choices"], value=page["choice"])
-            return (
-                None,
-                page["state"],
-                page["preview"],
-                page["status"],
-                page["top5"],
-                dropdown,
-                [],
-                None,
-                None,
-            )
-
-        # Gradio finds the progress bar by this default value, hence the call in the signature.
-        def on_explain(state, text, chosen, quality, opacity, progress=gr.Progress()):  # noqa: B008
-            count = len(chosen or [])
-
-            def step(i: int, name: str) -> None:
-                progress((i, count), desc=f"{name} ({i + 1} of {count})")
-
-            page = handle_explain(session, state, text, chosen, quality, opacity, folders, step)
-            picture = state["image"] if state is not None else None
-            return page["status"], shown(page["items"], picture), page["files"], page["done"]
-
-        def on_opacity(done, opacity):
-            page = handle_opacity(done, opacity, folders)
-            if page is None:
-                return gr.Gallery(), None
-            return shown(page["items"], done["image"]), page["files"]
-
-        # Upload and explain both run the model: one shared slot, others wait in the queue.
-        upload.upload(
-            on_upload,
-            inputs=upload,
-            outputs=[upload, photo, preview, status, top5, target, gallery, downloads, computed],
-            concurrency_limit=1,
-            concurrency_id="model",
-        )
-        button.click(
-            on_explain,
-            inputs=[photo, target, methods, preset, alpha],
-            outputs=[status, gallery, downloads, computed],
-            concurrency_limit=1,
-            concurrency_id="model",
-        )
-        # While the slider is dragged, only the latest value is drawn once the last one is done.
-        alpha.change(
-            on_opacity,
-            inputs=[computed, alpha],
-            outputs=[gallery, downloads],
-            trigger_mode="always_last",
-            show_progress="minimal",
-        )
+        page = _page_widgets(gr, session.prep.size, max_bytes, max_side)
+        _connect_handlers(gr, page, session, max_bytes, max_side, ResultFolders())
     app.queue(default_concurrency_limit=1, max_size=32)
     app.cameras_max_bytes = max_bytes  # read by serve(): Gradio enforces it at upload
     return app
+
+
+def _preset_choices(size: int) -> list[tuple[str, str]]:
+    """(label, preset) pairs for the quality radio: each preset's scales for this input."""
+    choices = []
+    for preset in PRESETS:
+        scales = preset_scales(preset, size)
+        choices.append((f"{preset}: {scales[0]}..{scales[-1]} ({len(scales)} scales)", preset))
+    return choices
+
+
+def _page_widgets(gr, size: int, max_bytes: int, max_side: int) -> SimpleNamespace:
+    """The page's widgets, laid out inside the open Blocks; returned by name."""
+    limits = f"up to {max_bytes / MEGABYTE:g} MB and {max_side} pixels a side"
+    page = SimpleNamespace(photo=gr.State(None), computed=gr.State(None))
+    with gr.Row():
+        with gr.Column(scale=1):
+            page.upload = gr.File(label=f"Photo ({limits})", elem_id="upload", height=150)
+            page.preview = gr.Image(label="Photo", interactive=False, elem_id="preview", height=240)
+            page.top5 = gr.Label(num_top_classes=5, label="Top-5 classes", elem_id="top5")
+        with gr.Column(scale=2):
+            with gr.Row():
+                page.target = gr.Dropdown(
+                    label="Class to explain",
+                    info="one of the top-5, or type a class name or index",
+                    choices=[],
+                    allow_custom_value=True,
+                    filterable=True,
+                    elem_id="target",
+                )
+                page.preset = gr.Radio(
+                    choices=_preset_choices(size),
+                    value="default",
+                    label="Quality (CAMERAS scales; more is sharper and slower)",
+                    elem_id="preset",
+                )
+            page.methods = gr.CheckboxGroup(
+                choices=list(METHODS),
+                value=["cameras", "gradcam"],
+                label="Methods",
+                elem_id="methods",
+            )
+            with gr.Row():
+                page.button = gr.Button("Explain", variant="primary", elem_id="explain")
+                page.alpha = gr.Slider(
+                    0.0, 1.0, value=0.5, step=0.05, label="Map opacity", elem_id="alpha"
+                )
+            page.status = gr.Markdown("Upload a photo to start.", elem_id="status")
+            page.gallery = gr.Gallery(
+                label="Overlays",
+                columns=2,
+                height="auto",
+                object_fit="contain",
+                format="png",
+                elem_id="overlays",
+            )
+            page.downloads = gr.File(
+                label=f"Downloads: overlay .png and raw map .npy (float32, photo's size, "
+                f"at most {WORK_SIDE} px a side)",
+                file_count="multiple",
+                interactive=False,
+                elem_id="downloads",
+            )
+    return page
+
+
+def _gallery(gr, items: list, image: Image.Image):
+    """Up to three overlays a row; the gallery is made tall enough for every row at the
+    photo's aspect ratio (about 700 px of width to share) plus the label and the gaps, so
+    no overlay is cut or scrolled."""
+    if not items:
+        return gr.Gallery()
+    columns = min(len(items), 3)
+    rows = -(-len(items) // columns)
+    box = 700 // columns * image.height // image.width
+    return gr.Gallery(value=items, columns=columns, height=rows * (box + 40) + 80)
+
+
+def _connect_handlers(gr, page, session, max_bytes, max_side, folders: ResultFolders) -> None:
+    """Wire the widgets to ``handle_upload``, ``handle_explain`` and ``handle_opacity``."""
+
+    def on_upload(file):
+        # The drop zone is emptied every time, so it is always ready for the next photo;
+        # the preview and the status line say which photo is loaded.
+        shown = handle_upload(session, file, max_bytes, max_side)
+        dropdown = gr.Dropdown(choices=shown["choices"], value=shown["choice"])
+        emptied = ([], None, None)  # gallery, downloads, computed: nothing for the new photo
+        state = (shown["state"], shown["preview"], shown["status"], shown["top5"], dropdown)
+        return (None, *state, *emptied)
+
+    # Gradio finds the progress bar by this default value, hence the call in the signature.
+    def on_explain(state, text, chosen, quality, opacity, progress=gr.Progress()):  # noqa: B008
+        count = len(chosen or [])
+
+        def step(i: int, name: str) -> None:
+            progress((i, count), desc=f"{name} ({i + 1} of {count})")
+
+        shown = handle_explain(session, state, text, chosen, quality, opacity, folders, step)
+        picture = state["image"] if state is not None else None
+        return shown["status"], _gallery(gr, shown["items"], picture), shown["files"], shown["done"]
+
+    def on_opacity(done, opacity):
+        shown = handle_opacity(done, opacity, folders)
+        if shown is None:
+            return gr.Gallery(), None
+        return _gallery(gr, shown["items"], done["image"]), shown["files"]
+
+    # Upload and explain both run the model: one shared slot, others wait in the queue.
+    page.upload.upload(
+        on_upload,
+        inputs=page.upload,
+        outputs=[page.upload, page.photo, page.preview, page.status, page.top5, page.target]
+        + [page.gallery, page.downloads, page.computed],
+        concurrency_limit=1,
+        concurrency_id="model",
+    )
+    page.button.click(
+        on_explain,
+        inputs=[page.photo, page.target, page.methods, page.preset, page.alpha],
+        outputs=[page.status, page.gallery, page.downloads, page.computed],
+        concurrency_limit=1,
+        concurrency_id="model",
+    )
+    # While the slider is dragged, only the latest value is drawn once the last one is done.
+    page.alpha.change(
+        on_opacity,
+        inputs=[page.computed, page.alpha],
+        outputs=[page.gallery, page.downloads],
+        trigger_mode="always_last",
+        show_progress="minimal",
+    )
 
 
 def theme():
