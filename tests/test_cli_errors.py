@@ -323,15 +323,15 @@ class FakeTerminal(StringIO):
 
 def test_warnings_never_run_into_a_progress_bar(monkeypatch, tmp_path, photos):
     """On a terminal the bar is drawn; a warning raised mid-run is a line of its own."""
-    import cameras.pipeline
+    import cameras.run.jobs
 
-    real_top_classes = cameras.pipeline.top_classes
+    real_top_classes = cameras.run.jobs.top_classes
 
     def top_classes_with_a_warning(*args, **kwargs):  # runs in the model's process
         warnings.warn("careful: odd pixels", UserWarning, stacklevel=1)
         return real_top_classes(*args, **kwargs)
 
-    monkeypatch.setattr(cameras.pipeline, "top_classes", top_classes_with_a_warning)
+    monkeypatch.setattr(cameras.run.jobs, "top_classes", top_classes_with_a_warning)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with warnings.catch_warnings():

@@ -1,6 +1,6 @@
 """The same explain and evaluate jobs on Ray: one machine's cores, or a cluster.
 
-What runs where (the functions are ``cameras.pipeline``'s, unchanged):
+What runs where (the functions are ``cameras.run``'s, unchanged):
 
 - reading and decoding (``decode_image`` / ``evaluation.load_item``): Ray tasks, on any
   node with a free CPU;
@@ -36,16 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
-from .pipeline import (
-    Explained,
-    ImageExplainer,
-    ImageResult,
-    ImageTask,
-    RecordScorer,
-    Scored,
-    decode_image,
-    render_outputs,
-)
+from .run.items import Explained, ImageResult, ImageTask, Scored
+from .run.jobs import ImageExplainer, RecordScorer, decode_image
+from .run.render import render_outputs
 
 INSTALL_HINT = "pip install 'cameras[ray]'"
 _ADDRESS = re.compile(r"^(local|auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
@@ -333,7 +326,7 @@ def explain_ray(
     batch_size: int = 1,
 ) -> Iterator[Explained]:
     """``(result, files)`` per image, in input order, computed on Ray (see the module
-    docstring); hand them to ``pipeline.save_explanations`` to write."""
+    docstring); hand them to ``run.jobs.save_explanations`` to write."""
     yield from stream_ray(
         tasks,
         partial(decode_image, prep=prep),
@@ -355,7 +348,7 @@ def evaluate_ray(
     batch_size: int = 1,
 ) -> Iterator[Scored]:
     """``(item, rows)`` per record, in record order, computed on Ray; hand them to
-    ``pipeline.save_records`` to store."""
+    ``run.jobs.save_records`` to store."""
     from .evaluation import load_item
 
     yield from stream_ray(

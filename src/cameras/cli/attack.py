@@ -25,7 +25,7 @@ from ..attack import (
     to_uint8,
 )
 from ..images import ImageError
-from ..pipeline import OutputGuard, write_failure
+from ..run.outputs import OutputGuard, write_failure
 from ..viz import perturbation_figure, save_png
 from .common import (
     add_model_arguments,

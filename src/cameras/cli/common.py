@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..classes import ClassError
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
-from ..pipeline import OutputGuard, image_tasks
+from ..run.outputs import OutputGuard, image_tasks
 from ..session import Session
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -252,7 +252,7 @@ def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
 def output_stems(
     images: list[Path], out: Path | None = None, patterns: Iterable[str] = ()
 ) -> list[str]:
-    """A distinct <stem> per image (``pipeline.image_tasks``): -2, -3, ... added when two
+    """A distinct <stem> per image (``run.outputs.image_tasks``): -2, -3, ... added when two
     inputs share a stem, or when a name ``out / pattern.format(stem=...)`` would replace
     an input."""
     guard = OutputGuard(images)

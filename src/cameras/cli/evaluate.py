@@ -28,7 +28,7 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from ..pipeline import evaluate_local, save_records
+from ..run.jobs import evaluate_local, save_records
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save(stream, store: ResultStore, total: int) -> int:
-    """Store each record's rows as it finishes (``pipeline.save_records``), printing its
+    """Store each record's rows as it finishes (``run.jobs.save_records``), printing its
     problems; returns how many records had problems."""
     if not total:
         return 0

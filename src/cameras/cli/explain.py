@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipeline import ImageWriter, explain_local, image_tasks, save_explanations
+from ..run.jobs import explain_local, save_explanations
+from ..run.outputs import ImageWriter, image_tasks
 from .common import (
     add_model_arguments,
     add_out_argument,

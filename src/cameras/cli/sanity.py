@@ -23,7 +23,7 @@ from ..metrics.sanity import (
     sanity_check,
     similarity_markdown,
 )
-from ..pipeline import OutputGuard, write_failure
+from ..run.outputs import OutputGuard, write_failure
 from ..viz import sanity_figure, similarity_figure
 from .common import (
     add_model_arguments,

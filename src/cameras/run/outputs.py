@@ -1,0 +1,130 @@
+"""Output files of ``cameras explain``: their names, the refusal to overwrite an input or
+another output, and the one way every file of the project is written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from ..images import ImageError
+from .items import ImageResult, ImageTask, RenderedFiles
+
+
+def image_tasks(
+    paths: Sequence[Path], clashes: Callable[[str], bool] | None = None
+) -> list[ImageTask]:
+    """Tasks for the inputs in order, each with an output stem no other task has.
+
+    An input keeps its own stem when it can; otherwise (a stem seen before, or one for
+    which ``clashes(stem)`` says the outputs would replace an input) it gets the first
+    free ``<stem>-2``, ``<stem>-3``, ... Stems are compared case-insensitively, so the
+    names stay distinct on case-insensitive disks too, and a made-up ``img-2`` never
+    takes the name of an input that is really called ``img-2``.
+    """
+    clashes = clashes or (lambda stem: False)
+    # Every input's own stem is reserved first: an input named img-2 keeps img-2 even
+    # when an earlier duplicate img would otherwise have been given it.
+    reserved = {Path(p).stem.casefold() for p in paths}
+    used: set[str] = set()
+    tasks = []
+    for index, path in enumerate(paths):
+        own = Path(path).stem
+        stem, count = own, 1
+        while (
+            stem.casefold() in used or clashes(stem) or (count > 1 and stem.casefold() in reserved)
+        ):
+            count += 1
+            stem = f"{own}-{count}"
+        used.add(stem.casefold())
+        tasks.append(ImageTask(index, str(path), stem))
+    return tasks
+
+
+class ImageWriter:
+    """The one writer of ``cameras explain``'s files: OUT/<stem>_<method>.png and .npy,
+    or OUT/<stem>_<method>_class<C>.png and .npy for a class C given, so a map for a
+    chosen class never replaces the top-1 map.
+
+    Refuses (as an ImageError naming the input) an output that would replace an input
+    file or a file this run already wrote, so no output is ever overwritten by another.
+    """
+
+    def __init__(
+        self, out: Path, method_name: str, inputs: Iterable[Path], target: int | None = None
+    ) -> None:
+        self.out = Path(out)
+        self.method_name = method_name
+        self.suffix = "" if target is None else f"_class{target}"
+        self.inputs = OutputGuard(inputs)
+        self.written: set[str] = set()
+
+    def paths(self, task: ImageTask) -> tuple[Path, Path]:
+        return self.paths_for(task.stem)
+
+    def paths_for(self, stem: str) -> tuple[Path, Path]:
+        # Suffixes are appended, never swapped (Path.with_suffix would turn the stem
+        # "photo.v1" into "photo.png").
+        name = f"{stem}_{self.method_name}{self.suffix}"
+        return self.out / f"{name}.png", self.out / f"{name}.npy"
+
+    def clashes(self, stem: str) -> bool:
+        """Whether ``stem``'s outputs would replace an input (for ``image_tasks``)."""
+        return any(self.inputs.covers(path) for path in self.paths_for(stem))
+
+    def write(self, result: ImageResult, files: RenderedFiles) -> Path:
+        """Write one result's files; returns the overlay's path."""
+        png, npy = self.paths(result.task)
+        for path in (png, npy):
+            if self.inputs.covers(path):
+                raise ImageError(
+                    f"{result.task.path}: output {path.name} would overwrite an input; use --out"
+                )
+            if same_name(path) in self.written:
+                raise ImageError(f"{result.task.path}: output {path.name} was already written")
+        for path, data in ((png, files.png), (npy, files.npy)):
+            try:
+                path.write_bytes(data)
+            except OSError as error:
+                raise ImageError(f"{result.task.path}: {write_failure(error, path)}") from None
+            self.written.add(same_name(path))
+        return png
+
+
+def write_failure(error: OSError, path: Path | None = None) -> str:
+    """An OSError from writing a file (``path``, when the error does not name it), as
+    the tail of one line: "cannot write FILE (reason)"."""
+    reason = error.strerror or str(error)
+    target = error.filename or path
+    return f"cannot write {target} ({reason})" if target else f"cannot write ({reason})"
+
+
+def same_name(path: Path) -> str:
+    """A path as a case-insensitive disk sees it: resolved, case folded."""
+    return str(Path(path).resolve()).casefold()
+
+
+class OutputGuard:
+    """The input files of a run, recognised by name (case-insensitively, through
+    symbolic links) and by identity (a hard link under another name is the same file)."""
+
+    def __init__(self, inputs: Iterable[Path]) -> None:
+        self.names: set[str] = set()
+        self.files: set[tuple[int, int]] = set()
+        for path in inputs:
+            self.names.add(same_name(path))
+            try:
+                status = os.stat(path)
+                self.files.add((status.st_dev, status.st_ino))
+            except OSError:
+                pass  # a missing input is reported by the loader, not here
+
+    def covers(self, path: Path) -> bool:
+        """Whether writing ``path`` would replace one of the inputs."""
+        if same_name(path) in self.names:
+            return True
+        try:
+            status = os.stat(path)
+        except OSError:
+            return False
+        return (status.st_dev, status.st_ino) in self.files
