@@ -4,7 +4,10 @@ Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> exit co
 they parse and print only, and call the library for everything else.
 Exit codes: 0 all inputs succeeded, 1 some failed (the rest still written), 2 usage error
 (a bad option, an --out that cannot be written, annotations with nothing to evaluate),
-130 interrupted. Every failure is one line on stderr naming the file or option.
+130 interrupted (Ctrl-C), 143 stopped by SIGTERM, 129 by SIGHUP (128 + the signal's number,
+as a shell reports it). SIGTERM and SIGHUP stop a subcommand as Ctrl-C does: its worker
+processes, render process and Ray processes are stopped before it exits. Every failure
+is one line on stderr naming the file or option.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import signal
 import sys
+import threading
 import warnings
 
 from ..budget import MemoryBudgetError
@@ -23,6 +28,38 @@ SUBCOMMANDS = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]
 
 class UsageError(Exception):
     """A bad argument: printed as one line, exit code 2."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C's KeyboardInterrupt is:
+    everything that cleans up after Ctrl-C (workers, the render process, Ray) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# The signals a job scheduler, ``timeout`` or a closed terminal sends to stop a program.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s)
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts():
+    """Within the block, SIGTERM / SIGHUP raise ``Stopped``; the handlers before are put
+    back after (only the main thread can handle signals: elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        raise Stopped(signum)
+
+    before = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings_as_lines():
+        with warnings_as_lines(), stop_signals_as_interrupts():
             return args.run(args)
     except UsageError as error:
         from ..images import shown
@@ -60,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"cameras {args.command}: error: {where}{reason}", file=sys.stderr)
         return 1
+    except Stopped as stop:
+        print(f"cameras {args.command}: stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"cameras {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ from ..attack import (
     to_uint8,
 )
 from ..images import ImageError
-from ..run.outputs import OutputGuard, write_failure
+from ..run.outputs import OutputGuard, write_atomically, write_failure
 from ..viz import perturbation_figure, save_png
 from .common import (
     add_model_arguments,
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
             note(describe(row))
     summary = summarise_attacks(rows, method.name if method else None, settings)
-    (args.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically({args.out / SUMMARY: json.dumps(summary, indent=2) + "\n"})
     for line in summary_lines(summary):
         print(line)
     return 1 if failures else 0

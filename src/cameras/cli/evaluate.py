@@ -29,6 +29,7 @@ from ..evaluation import (
 )
 from ..metrics.insertion import DEFAULT_STEPS
 from ..run.jobs import evaluate_local, save_records
+from ..run.outputs import write_atomically
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     summaries = summarise(rows, settings.methods, settings.metrics)
     table = summary_markdown(summaries)
     write_summary(summaries, args.out / "summary.csv")
-    (args.out / "summary.md").write_text(table + "\n")
+    write_atomically({args.out / "summary.md": table + "\n"})
     written = ["summary.csv", "summary.md"]
     if plot_curves(store.curves(), args.out / "curves.png"):
         written.append("curves.png")

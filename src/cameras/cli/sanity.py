@@ -23,7 +23,7 @@ from ..metrics.sanity import (
     sanity_check,
     similarity_markdown,
 )
-from ..run.outputs import OutputGuard, write_failure
+from ..run.outputs import OutputGuard, write_atomically, write_failure
 from ..viz import sanity_figure, similarity_figure
 from .common import (
     add_model_arguments,
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         labels = [s.label for s in steps]
         means = mean_similarities(all_rows, list(factories), len(steps))
         table = similarity_markdown(means, labels, args.mode, len({r["image"] for r in all_rows}))
-        (args.out / "sanity_summary.md").write_text(table + "\n")
+        write_atomically({args.out / "sanity_summary.md": table + "\n"})
         similarity_figure(means, labels, args.out / "sanity_similarity.png", args.mode)
         print(table)
     return 1 if failures else 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..run.outputs import open_atomically, write_atomically
 from .scoring import METRICS, RESULT_FIELDS, EvalSettings
 from .statistics import Summary
 
@@ -19,7 +20,7 @@ CURVE_FIELDS = ["record", "class_index", "method", "kind", "values"]
 
 def write_summary(summaries: Sequence[Summary], path: Path) -> None:
     """summary.csv: method, metric, n, missing, mean, ci_low, ci_high."""
-    with open(path, "w", newline="") as handle:
+    with open_atomically(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "metric", "n", "missing", "mean", "ci_low", "ci_high"])
         for s in summaries:
@@ -74,12 +75,12 @@ class ResultStore:
                         f"now {settings.get(key)!r}"
                     )
             finished = self._repair()
-        self.run_path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        write_atomically({self.run_path: json.dumps(settings, indent=1, sort_keys=True) + "\n"})
         for path, header in ((self.results, RESULT_FIELDS), (self.curves_path, CURVE_FIELDS)):
             if not path.exists():
-                with open(path, "w", newline="") as handle:
-                    csv.writer(handle).writerow(header)
-        self.done_path.touch()
+                write_atomically({path: _csv_line(header)})
+        if not self.done_path.exists():
+            write_atomically({self.done_path: ""})
         return finished
 
     def _read_settings(self) -> dict:
@@ -163,31 +164,36 @@ def _csv_line(cells: Sequence[object]) -> str:
 
 
 def _append(path: Path, lines: Sequence[str]) -> None:
+    """Append whole lines: a write that fails part-way (a full disk) is cut back to where
+    the file ended, so the next append never continues a torn line."""
     if not lines:
         return
-    with open(path, "a", newline="") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
+    data = memoryview("".join(lines).encode("utf-8"))
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(descriptor, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(descriptor, data) :]
+            os.fsync(descriptor)
+        except OSError:
+            os.ftruncate(descriptor, end)
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def _complete_lines(path: Path) -> list[str]:
     """The file's lines without their newline, dropping a last line cut off mid-write."""
     if not path.exists():
         return []
-    text = path.read_text()
-    lines = text.split("\n")
-    return [line for line in lines[:-1] if line]  # the part after the last "\n" is partial
+    pieces = path.read_bytes().split(b"\n")  # bytes: a torn line may end mid-character
+    return [line.decode("utf-8") for line in pieces[:-1] if line]  # the last is partial
 
 
 def _rewrite(path: Path, lines: Sequence[str]) -> None:
     """Replace a file atomically (a crash leaves either the old or the new file)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically({path: "".join(lines)})
 
 
 def settings_record(settings: EvalSettings, **extra) -> dict:

@@ -3,9 +3,12 @@ another output, and the one way every file of the project is written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from ..images import ImageError
 from .items import ImageResult, ImageTask, RenderedFiles
@@ -82,13 +85,67 @@ class ImageWriter:
                 )
             if same_name(path) in self.written:
                 raise ImageError(f"{result.task.path}: output {path.name} was already written")
-        for path, data in ((png, files.png), (npy, files.npy)):
-            try:
-                path.write_bytes(data)
-            except OSError as error:
-                raise ImageError(f"{result.task.path}: {write_failure(error, path)}") from None
-            self.written.add(same_name(path))
+        try:  # both or neither: a map never sits beside another run's overlay
+            write_atomically({png: files.png, npy: files.npy})
+        except OSError as error:
+            raise ImageError(f"{result.task.path}: {write_failure(error)}") from None
+        self.written.update((same_name(png), same_name(npy)))
         return png
+
+
+@contextlib.contextmanager
+def open_atomically(path: Path | str, mode: str = "wb", **options) -> Iterator[IO]:
+    """A file that appears at ``path`` only when the block completes.
+
+    Written under a temporary name in the same folder, flushed to the disk, then renamed
+    over ``path`` (atomic on one file system): a reader sees the old complete file or the
+    new complete one. When the block raises (a full disk), the temporary file is removed
+    and ``path`` is left as it was. The file gets the permissions a plain open would."""
+    path = Path(path)
+    temporary = _temporary_name(path)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, mode, **options) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_atomically(files: Mapping[Path, bytes | bytearray | str]) -> None:
+    """Write every file in ``files`` (path -> contents) all or nothing: each is written
+    in full under a temporary name first, and only then are they renamed into place; a
+    failed write removes the temporary files and replaces no file."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            temporary = _temporary_name(Path(path))
+            text = isinstance(data, str)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            descriptor = os.open(temporary, flags, 0o666)
+            options = {"encoding": "utf-8", "newline": ""} if text else {}
+            with open(descriptor, "w" if text else "wb", **options) as handle:
+                written.append((temporary, Path(path)))
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException:
+        for temporary, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        raise
+    for temporary, path in written:
+        os.replace(temporary, path)
+
+
+def _temporary_name(path: Path) -> Path:
+    # Hidden, unique (several threads or processes may write the same name), and in the
+    # same folder: a rename across file systems would not be atomic.
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
 
 
 def write_failure(error: OSError, path: Path | None = None) -> str:

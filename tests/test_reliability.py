@@ -1,0 +1,233 @@
+"""Issue 23: nothing lost, nothing left behind. Threads on one session, atomic outputs,
+clean stops on SIGTERM / SIGHUP, and one line for every failure."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyNet, seeded
+
+import cameras
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------- threads on one session
+
+
+def _in_threads(count: int, call, inputs: list) -> list:
+    """``call(inputs[i])`` in ``count`` threads started together; results in input order."""
+    results: list = [None] * count
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = call(inputs[i])
+        except Exception as error:  # noqa: BLE001 - compared below
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_eight_threads_on_one_session_give_the_single_threaded_maps():
+    """Before: "layer ... ran 2 times in one forward pass" (the threads shared the hooks)."""
+    torch.manual_seed(0)
+    session = cameras.Session(seeded("resnet18", 4).eval(), None, layer="layer4", scales=[64, 96])
+    inputs = [torch.randn(1, 3, 64, 64 + 8 * i) for i in range(8)]
+    for method in ("cameras", "gradcam"):
+        alone = [session.explain(x, method).maps for x in inputs]
+        together = _in_threads(8, lambda x, m=method: session.explain(x, m).maps, inputs)
+        for one, many in zip(alone, together, strict=True):
+            assert not isinstance(many, Exception), many
+            assert torch.allclose(one, many, atol=1e-6)
+
+
+def test_eight_threads_on_a_training_model_leave_it_training_and_match():
+    """eval_mode entered by several threads at once: each thread runs in eval mode, and the
+    model's own flags come back when the last one leaves."""
+    model = TinyNet().train()
+    method = cameras.CAMERAS(model, layer="features", scales=[32, 48])
+    inputs = [torch.randn(2, 3, 40, 40) for _ in range(8)]
+    alone = [method(x).maps for x in inputs]
+    together = _in_threads(8, lambda x: method(x).maps, inputs)
+    for one, many in zip(alone, together, strict=True):
+        assert not isinstance(many, Exception), many
+        assert torch.allclose(one, many, atol=1e-6)
+    assert all(module.training for module in model.modules())
+
+
+def test_automatic_layer_found_in_threads_is_the_single_threaded_one():
+    model = seeded("resnet18", 4).eval()
+    names = _in_threads(8, lambda _: cameras.CAMERAS(model).layer_name, [None] * 8)
+    assert names == ["layer4"] * 8
+
+
+# ------------------------------------------------------------- SIGTERM / SIGHUP
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (from /proc's children lists)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for PID 1 to reap it is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_leaves_no_process_behind(tmp_path, chelsea, stop):
+    """Before: SIGTERM killed the main process silently and left the decoding workers and
+    the render process running under PID 1."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(12):
+        chelsea.resize((160 + 8 * i, 120)).save(photos / f"cat{i:02d}.png")
+    argv = [sys.executable, "-m", "cameras", "explain", str(photos), "--out", str(tmp_path)]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    errors = tmp_path / "stderr.txt"  # a file: orphans holding a pipe would block a read
+    with errors.open("w") as stderr:
+        child = subprocess.Popen(
+            [*argv, "--workers", "2", "--scales", "224,256"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=environment,
+        )
+    # Wait for the first image written: decoding workers and the render process are up.
+    first = child.stdout.readline()
+    assert "top-5" in first, errors.read_text()
+    family = _descendants(child.pid)
+    assert len(family) >= 3  # two decoding workers and the render process at least
+    child.send_signal(stop)
+    code = child.wait(timeout=60)
+    child.stdout.close()
+    err = errors.read_text()
+    assert code == 128 + stop, err
+    assert f"stopped by {signal.Signals(stop).name}" in err and "Traceback" not in err
+    deadline = time.monotonic() + 5
+    while any(map(_alive, family)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in family if _alive(pid)]
+
+
+# ------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root); the test is skipped where it cannot be mounted."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` bytes free; returns the filler file."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        handle.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+def _noise(size: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).bytes(size)  # incompressible, as a PNG is
+
+
+@pytest.mark.parametrize("leave", [50_000, 200_000])  # room for neither; for the PNG only
+def test_a_full_disk_never_replaces_a_good_pair_or_leaves_a_part(small_disk, leave):
+    """Before: a rerun on a full disk left a truncated PNG under the final name, beside
+    the old run's .npy."""
+    from cameras.run.items import ImageResult, ImageTask, RenderedFiles
+    from cameras.run.outputs import ImageWriter
+
+    result = ImageResult(ImageTask(0, "photo.jpg", "photo"), None)
+    ImageWriter(small_disk, "cameras", []).write(
+        result, RenderedFiles(_noise(60_000, 1), _noise(60_000, 2))
+    )
+    old = {p.name: p.read_bytes() for p in small_disk.iterdir()}
+    _fill(small_disk, leave=leave)
+    new = RenderedFiles(_noise(150_000, 3), _noise(150_000, 4))
+    with pytest.raises(cameras.ImageError, match="photo.jpg: cannot write .*No space left"):
+        ImageWriter(small_disk, "cameras", []).write(result, new)
+    after = {p.name: p.read_bytes() for p in small_disk.iterdir() if p.name != "filler"}
+    assert after == old  # the old pair, whole; no temporary file left
+
+
+def test_rows_on_a_full_disk_stay_whole_lines(small_disk):
+    """Before: an append cut off by a full disk left half a row, and the next record's
+    rows were glued to it (a row of nonsense in the middle of results.csv)."""
+    from cameras.evaluation.scoring import RESULT_FIELDS
+    from cameras.evaluation.storage import ResultStore
+
+    store = ResultStore(small_disk)
+    store.start({"run": 1}, resume=False)
+
+    def rows(key: str, count: int) -> list[dict]:
+        return [{field: f"{key}-{i}" for field in RESULT_FIELDS[:5]} for i in range(count)]
+
+    store.add("first", rows("first", 2))
+    filler = _fill(small_disk, leave=30_000)
+    with pytest.raises(OSError):
+        store.add("big", rows("big", 4_000))  # ~200 KB of rows: does not fit
+    filler.unlink()
+    store.add("last", rows("last", 2))
+    records = [row["record"] for row in csv.DictReader(store.results.open())]
+    assert records == ["first-0", "first-1", "last-0", "last-1"]
+    assert store.done_path.read_text().split() == ["first", "last"]
+
+
+def test_resume_reads_past_a_torn_last_line(tmp_path):
+    from cameras.evaluation.storage import ResultStore
+
+    store = ResultStore(tmp_path)
+    store.start({"run": 1}, resume=False)
+    store.add("a", [{"record": "a", "file": "a.jpg"}])
+    with store.done_path.open("ab") as handle:
+        handle.write(b"b\n" + "\u00e9".encode()[:1])  # cut mid-character
+    with store.results.open("ab") as handle:
+        handle.write(b"b,b.jpg,3,tab")
+    assert ResultStore(tmp_path).start({"run": 1}, resume=True) == {"a", "b"}
+    assert [row["record"] for row in ResultStore(tmp_path).rows()] == ["a"]
