@@ -231,3 +231,125 @@ def test_resume_reads_past_a_torn_last_line(tmp_path):
         handle.write(b"b,b.jpg,3,tab")
     assert ResultStore(tmp_path).start({"run": 1}, resume=True) == {"a", "b"}
     assert [row["record"] for row in ResultStore(tmp_path).rows()] == ["a"]
+
+
+# ------------------------------------------------------------- one line for every failure
+
+
+def _cli(capsys, *argv):
+    from cameras.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+GRADCAM = ["--method", "gradcam", "--workers", "0"]
+
+
+@pytest.fixture
+def photo(tmp_path, chelsea) -> Path:
+    path = tmp_path / "photos" / "cat.png"
+    path.parent.mkdir()
+    chelsea.resize((96, 64)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
+def test_a_bad_memory_budget_is_one_line_before_any_work(capsys, monkeypatch, photo, value):
+    monkeypatch.setenv("CAMERAS_MEMORY_GB", value)
+    code, _, err = _cli(capsys, "explain", photo, "--out", photo.parent / "out", *GRADCAM)
+    assert code == 2
+    assert err == (
+        f"cameras explain: error: CAMERAS_MEMORY_GB={value!r}: expected a positive number of GB\n"
+    )
+
+
+def test_a_fifo_is_not_called_missing(capsys, tmp_path, photo):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    code, _, err = _cli(capsys, "explain", fifo, photo, "--out", tmp_path / "out", *GRADCAM)
+    assert code == 1
+    assert f"error: {fifo}: not a regular file (a FIFO)" in err and "no such" not in err
+    assert (tmp_path / "out" / "cat_gradcam.png").exists()  # the other input still ran
+
+
+class TwoPaths(torch.nn.Module):
+    """The class score comes from ``used``; ``unused`` runs but feeds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = torch.nn.Conv2d(3, 4, 3)
+        self.unused = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        self.unused(x)
+        return self.head(self.used(x).mean((2, 3)))
+
+
+def test_a_layer_off_the_path_to_the_score_is_one_clear_line():
+    method = cameras.GradCAM(TwoPaths(), layer="unused")
+    with pytest.raises(RuntimeError, match="do not depend on layer 'unused'; pick a layer"):
+        method(torch.randn(1, 3, 32, 32))
+
+
+def test_a_channels_last_tensor_says_so():
+    method = cameras.GradCAM(TinyNet(), layer="features")
+    with pytest.raises(ValueError, match=r"channels last .*x.permute\(0, 3, 1, 2\)"):
+        method(torch.randn(1, 40, 48, 3))
+
+
+def test_an_empty_batch_says_so():
+    with pytest.raises(ValueError, match="empty batch"):
+        cameras.GradCAM(TinyNet(), layer="features")(torch.zeros(0, 3, 40, 40))
+
+
+def test_a_fractional_scale_is_refused_and_tiny_inputs_run_each_scale_once():
+    with pytest.raises(ValueError, match="whole numbers of pixels, got \\[64.5\\]"):
+        cameras.CAMERAS(TinyNet(), layer="features", scales=[64.5])
+    assert cameras.default_scales(1) == [1, 2, 3, 4]
+    assert cameras.default_scales(224) == [224, 324, 424, 524, 624, 724, 824, 924]
+
+
+# ------------------------------------------------------------- explain: names, resume, folders
+
+
+def test_subfolders_are_counted_and_taken_with_recursive(capsys, tmp_path, photo):
+    nested = photo.parent / "more" / "deeper"
+    nested.mkdir(parents=True)
+    (nested / "dog.png").write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "explain", photo.parent, "--out", out, *GRADCAM)
+    assert code == 0 and "1 image(s) in subfolders skipped; pass --recursive" in err
+    assert sorted(p.name for p in out.glob("*.png")) == ["cat_gradcam.png"]
+    code, _, _ = _cli(capsys, "explain", photo.parent, "--out", out, "--recursive", *GRADCAM)
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["cat_gradcam.png", "dog_gradcam.png"]
+
+
+def test_another_models_run_does_not_replace_outputs_silently(capsys, tmp_path, photo):
+    """Before: a second run with another layer wrote cat_gradcam.png over the first."""
+    out = tmp_path / "out"
+    assert _cli(capsys, "explain", photo, "--out", out, *GRADCAM)[0] == 0
+    first = (out / "cat_gradcam.png").read_bytes()
+    other = ["--layer", "blocks.5"]
+    code, _, err = _cli(capsys, "explain", photo, "--out", out, *other, *GRADCAM)
+    assert code == 1 and "pass --overwrite" in err and "layer=blocks.5" not in err
+    assert "layer=bn2" in err  # names the run that wrote the file
+    assert (out / "cat_gradcam.png").read_bytes() == first
+    code, _, _ = _cli(capsys, "explain", photo, "--out", out, *other, "--overwrite", *GRADCAM)
+    assert code == 0 and (out / "cat_gradcam.png").read_bytes() != first
+
+
+def test_resume_skips_complete_outputs_only(capsys, tmp_path, photo):
+    (photo.parent / "dog.png").write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    assert _cli(capsys, "explain", photo.parent, "--out", out, *GRADCAM)[0] == 0
+    (out / "dog_gradcam.npy").unlink()  # dog was not finished
+    before = (out / "cat_gradcam.png").stat().st_mtime_ns
+    code, stdout, err = _cli(capsys, "explain", photo.parent, "--out", out, "--resume", *GRADCAM)
+    assert code == 0 and "--resume: 1 image(s) already done, skipped" in err
+    assert "dog.png: top-5" in stdout and "cat.png: top-5" not in stdout
+    assert (out / "dog_gradcam.npy").exists()
+    assert (out / "cat_gradcam.png").stat().st_mtime_ns == before

@@ -271,6 +271,20 @@ def _probe_spatial_outputs(model: nn.Module, size: int, device: torch.device):
     return spatial, counts, order
 
 
+def check_channels_first(x: torch.Tensor, model: nn.Module) -> None:
+    """A ValueError that says so for a (B, H, W, C) batch (a Keras / NumPy habit), told
+    by the model's first convolution: its input channels are x's last size, not its
+    second. PyTorch models take (B, C, H, W); the convolution's own error would not say."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or x.dim() != 4:
+        return
+    if x.shape[1] != first.in_channels and x.shape[-1] == first.in_channels:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, channels last (B, H, W, C); a PyTorch model "
+            "takes (B, C, H, W): pass x.permute(0, 3, 1, 2)"
+        )
+
+
 @dataclass
 class ScaleCapture:
     """What one forward/backward pass at one input size gives (float32 for a float16 or
@@ -400,7 +414,15 @@ class LayerCapture:
                 "that feeds the classifier"
             )
         score = logits.gather(1, targets[:, None]).sum()
-        (gradients,) = torch.autograd.grad(score, leaf)
+        try:
+            (gradients,) = torch.autograd.grad(score, leaf)
+        except RuntimeError as error:  # the scores come from a path that skips the layer
+            if "not have been used in the graph" not in str(error):
+                raise
+            raise RuntimeError(
+                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
+                "that feeds the classifier"
+            ) from None
         activations, gradients = widened(leaf.detach()), widened(gradients)
         covered = None
         if self.reshape_transform is not None:

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_environment()
         with warnings_as_lines(), stop_signals_as_interrupts():
             return args.run(args)
     except UsageError as error:
@@ -103,6 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cameras {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def check_environment() -> None:
+    """A bad ``CAMERAS_MEMORY_GB`` is a usage error before any work (not a traceback once
+    the model has loaded)."""
+    from ..budget import budget_bytes
+
+    try:
+        budget_bytes()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 @contextlib.contextmanager

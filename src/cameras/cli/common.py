@@ -237,14 +237,17 @@ def check_writable_folder(option: str, folder: Path) -> None:
         raise usage_error(f"{option} {folder}: cannot write there ({reason})") from None
 
 
-def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
+def gather_images(paths: list[str], out: Path, recursive: bool = False) -> tuple[list[Path], int]:
     """Image paths from files and folders, and how many inputs were missing (each printed
-    as one error line); creates the output folder."""
+    as one error line; images left in subfolders as a note); creates the output folder."""
     from ..images import find_images
 
-    images, errors = find_images(paths)
+    notices: list[str] = []
+    images, errors = find_images(paths, recursive, notices)
     for line in errors:
         note(f"error: {line}", error=True)
+    for line in notices:
+        note(f"note: {line}", error=True)
     out.mkdir(parents=True, exist_ok=True)
     return images, len(errors)
 

@@ -12,6 +12,7 @@ from ..capture import (
     LayerCapture,
     LayerSpec,
     autograd_enabled,
+    check_channels_first,
     model_device,
     resolve_layer,
     widened,
@@ -158,6 +159,7 @@ class SaliencyMethod:
         # Resizing runs in float32 (or the input's wider dtype); LayerCapture.run casts
         # each scale's input to the model's dtype.
         x = check_batch(x)
+        check_channels_first(x, self.model)
         return widened(x.to(model_device(self.model))), x.device
 
     def _output(self, tensor: torch.Tensor, source: torch.device) -> torch.Tensor:
@@ -183,7 +185,9 @@ def check_batch(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
     if x.dim() == 3:
         x = x[None]
-    if x.dim() != 4 or x.shape[0] == 0:
+    if x.dim() == 4 and x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch {tuple(x.shape)}; pass at least one image")
+    if x.dim() != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")

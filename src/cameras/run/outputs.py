@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -51,16 +53,29 @@ class ImageWriter:
 
     Refuses (as an ImageError naming the input) an output that would replace an input
     file or a file this run already wrote, so no output is ever overwritten by another.
+
+    run: what makes this run's maps what they are (model, weights, layer, method, scales,
+    rule, class; see ``cli.explain``), stored in each overlay as a PNG text chunk. With
+    it, a file left by a run with other settings (or not by ``cameras explain``) is not
+    replaced unless ``overwrite``; ``complete`` tells ``--resume`` which are done.
     """
 
     def __init__(
-        self, out: Path, method_name: str, inputs: Iterable[Path], target: int | None = None
+        self,
+        out: Path,
+        method_name: str,
+        inputs: Iterable[Path],
+        target: int | None = None,
+        run: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.out = Path(out)
         self.method_name = method_name
         self.suffix = "" if target is None else f"_class{target}"
         self.inputs = OutputGuard(inputs)
         self.written: set[str] = set()
+        self.run = None if run is None else run.encode("ascii", "backslashreplace").decode()
+        self.overwrite = overwrite
 
     def paths(self, task: ImageTask) -> tuple[Path, Path]:
         return self.paths_for(task.stem)
@@ -75,9 +90,28 @@ class ImageWriter:
         """Whether ``stem``'s outputs would replace an input (for ``image_tasks``)."""
         return any(self.inputs.covers(path) for path in self.paths_for(stem))
 
+    def complete(self, task: ImageTask) -> bool:
+        """Whether ``task``'s two files are on disk, written by a run like this one."""
+        png, npy = self.paths(task)
+        return self.run is not None and npy.is_file() and run_of(png) == self.run
+
+    def _refuse_another_run(self, task: ImageTask, png: Path, npy: Path) -> None:
+        if self.run is None or self.overwrite or not (png.exists() or npy.exists()):
+            return
+        theirs = run_of(png)
+        if theirs != self.run:
+            source = f"a run with {theirs}" if theirs else "something other than cameras explain"
+            raise ImageError(
+                f"{task.path}: {png.name} in {self.out} was written by {source}; pass "
+                "--overwrite to replace it, or use another --out"
+            )
+
     def write(self, result: ImageResult, files: RenderedFiles) -> Path:
         """Write one result's files; returns the overlay's path."""
         png, npy = self.paths(result.task)
+        self._refuse_another_run(result.task, png, npy)
+        if self.run is not None:
+            files = RenderedFiles(with_run_note(files.png, self.run), files.npy)
         for path in (png, npy):
             if self.inputs.covers(path):
                 raise ImageError(
@@ -91,6 +125,30 @@ class ImageWriter:
             raise ImageError(f"{result.task.path}: {write_failure(error)}") from None
         self.written.update((same_name(png), same_name(npy)))
         return png
+
+
+# The PNG text chunk that names the run an overlay came from.
+RUN_KEY = "cameras-run"
+
+
+def with_run_note(png: bytes, run: str) -> bytes:
+    """``png`` with a tEXt chunk ``cameras-run: run`` (ASCII) right after its header."""
+    data = RUN_KEY.encode() + b"\0" + run.encode("ascii", "backslashreplace")
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    header_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    return png[:header_end] + chunk + png[header_end:]
+
+
+def run_of(png: Path) -> str | None:
+    """The run an overlay came from (``with_run_note``), or None (no file, not ours)."""
+    from PIL import Image
+
+    try:
+        with Image.open(png) as picture:
+            return picture.info.get(RUN_KEY)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not ours
+        return None
 
 
 @contextlib.contextmanager
