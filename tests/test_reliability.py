@@ -353,3 +353,26 @@ def test_resume_skips_complete_outputs_only(capsys, tmp_path, photo):
     assert "dog.png: top-5" in stdout and "cat.png: top-5" not in stdout
     assert (out / "dog_gradcam.npy").exists()
     assert (out / "cat_gradcam.png").stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------- Ray addresses that do not answer
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_a_ray_address_where_nothing_listens_fails_in_one_line_quickly(tmp_path, photo, address):
+    """Before: HOST:PORT hung for 300 s and more with no line of ours; ray:// took 37 s."""
+    pytest.importorskip("ray")
+    argv = [sys.executable, "-m", "cameras", "explain", str(photo), "--out", str(tmp_path)]
+    argv += ["--ray", address, "--ray-timeout", "5", "--method", "gradcam"]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    start = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--ray {address} still waiting after 60 s")
+    assert time.monotonic() - start < 30
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"cameras explain: error: --ray {address}: cannot connect (Connection refused); "
+        "is the Ray head running there?\n"
+    )

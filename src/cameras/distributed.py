@@ -176,6 +176,34 @@ def _render_for_driver(result: ImageResult, cmap: str, alpha: float) -> Explaine
 # --------------------------------------------------------------------------------------
 
 
+# How long --ray HOST:PORT may take to answer (--ray-timeout's default, seconds).
+RAY_TIMEOUT_S = 30.0
+
+
+def check_reachable(address: str, timeout: float = RAY_TIMEOUT_S) -> None:
+    """RayJobError, in one line, when nothing answers at a HOST:PORT or ray://HOST:PORT
+    address within ``timeout`` seconds. Ray's own join waits minutes at an address where
+    nothing listens; a TCP connection tells in at most ``timeout``. ('local' and 'auto'
+    are not network addresses: nothing to check.)"""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except TimeoutError:
+        raise RayJobError(
+            f"--ray {address}: no answer within {timeout:g} s (--ray-timeout); is the Ray "
+            "head running and the port open?"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise RayJobError(
+            f"--ray {address}: cannot connect ({reason}); is the Ray head running there?"
+        ) from None
+
+
 def connect(address: str) -> bool:
     """Join Ray at ``address`` ('local': start an instance sized to this machine).
     Returns True when this call started Ray (the caller shuts it down). Ray already

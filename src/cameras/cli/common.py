@@ -318,6 +318,14 @@ def add_scale_out_arguments(
         "this run; 'auto' or ray://HOST:PORT joins that cluster (default: no Ray)",
     )
     parser.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a --ray HOST:PORT may take to answer before the run gives up "
+        "(default: %(default)g)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help=f"{workers_help} (default: 2); with --ray, model actors (default: one per GPU, "
@@ -362,6 +370,14 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
         require_ray()
     except (RayUnavailable, ValueError) as error:
         raise usage_error(f"--ray: {error}") from None
+    if not args.ray_timeout > 0:
+        raise usage_error(f"--ray-timeout {args.ray_timeout:g}: must be more than 0")
+    from ..distributed import RayJobError, check_reachable
+
+    try:
+        check_reachable(args.ray, args.ray_timeout)
+    except RayJobError as error:
+        raise usage_error(str(error)) from None
     return args.ray
 
 
