@@ -121,14 +121,14 @@ def test_unwritable_out_is_one_line_before_any_work(
 
 def test_a_write_that_fails_mid_run_is_that_images_failure(capsys, monkeypatch, tmp_path, photos):
     out = tmp_path / "out"
-    real_write = Path.write_bytes
+    real_open = os.open  # outputs are written under a temporary name, then renamed
 
-    def write_bytes(self, data):
-        if self.name == "two_gradcam.png":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_write(self, data)
+    def open_file(path, *args, **kwargs):
+        if Path(path).name.startswith(".two_gradcam.png."):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(os, "open", open_file)
     code, stdout, err = run(capsys, "explain", *photos, "--out", out, *GRADCAM, "--workers", 0)
     assert code == 1
     assert error_lines(err) == [

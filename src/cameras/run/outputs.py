@@ -158,16 +158,18 @@ def open_atomically(path: Path | str, mode: str = "wb", **options) -> Iterator[I
     Written under a temporary name in the same folder, flushed to the disk, then renamed
     over ``path`` (atomic on one file system): a reader sees the old complete file or the
     new complete one. When the block raises (a full disk), the temporary file is removed
-    and ``path`` is left as it was. The file gets the permissions a plain open would."""
+    and ``path`` is left as it was; an OSError names ``path``, not the temporary name.
+    The file gets the permissions a plain open would."""
     path = Path(path)
     temporary = _temporary_name(path)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(descriptor, mode, **options) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        with _named(path):
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with open(descriptor, mode, **options) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -177,27 +179,44 @@ def open_atomically(path: Path | str, mode: str = "wb", **options) -> Iterator[I
 def write_atomically(files: Mapping[Path, bytes | bytearray | str]) -> None:
     """Write every file in ``files`` (path -> contents) all or nothing: each is written
     in full under a temporary name first, and only then are they renamed into place; a
-    failed write removes the temporary files and replaces no file."""
-    written: list[tuple[Path, Path]] = []
+    failed write removes the temporary files and replaces no file. An OSError names the
+    file the user knows, not its temporary name."""
+    temporaries: list[tuple[Path, Path]] = []
     try:
         for path, data in files.items():
-            temporary = _temporary_name(Path(path))
-            text = isinstance(data, str)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-            descriptor = os.open(temporary, flags, 0o666)
-            options = {"encoding": "utf-8", "newline": ""} if text else {}
-            with open(descriptor, "w" if text else "wb", **options) as handle:
-                written.append((temporary, Path(path)))
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            path = Path(path)
+            temporaries.append((_temporary_name(path), path))
+            _write_temporary(temporaries[-1][0], path, data)
+        for temporary, path in temporaries:
+            with _named(path):
+                os.replace(temporary, path)
     except BaseException:
-        for temporary, _ in written:
+        for temporary, _ in temporaries:  # those already renamed are gone: suppressed
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
         raise
-    for temporary, path in written:
-        os.replace(temporary, path)
+
+
+def _write_temporary(temporary: Path, path: Path, data: bytes | bytearray | str) -> None:
+    text = isinstance(data, str)
+    options = {"encoding": "utf-8", "newline": ""} if text else {}
+    with _named(path):
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with open(descriptor, "w" if text else "wb", **options) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An OSError inside names ``path`` (the file the user knows), not a temporary name."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from None
 
 
 def _temporary_name(path: Path) -> Path:
