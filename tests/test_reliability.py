@@ -4,6 +4,7 @@ clean stops on SIGTERM / SIGHUP, and one line for every failure."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -376,3 +377,59 @@ def test_a_ray_address_where_nothing_listens_fails_in_one_line_quickly(tmp_path,
         f"cameras explain: error: --ray {address}: cannot connect (Connection refused); "
         "is the Ray head running there?\n"
     )
+
+
+# ------------------------------------------------------------- sanity and attack: progress, resume
+
+
+def _two_photos(folder: Path, chelsea) -> list[Path]:
+    folder.mkdir()
+    paths = [folder / "a.png", folder / "b.png"]
+    chelsea.resize((120, 90)).save(paths[0])
+    chelsea.resize((90, 120)).save(paths[1])
+    return paths
+
+
+def test_sanity_shows_progress_off_a_terminal_and_resumes(capsys, tmp_path, chelsea):
+    """Before: nothing on screen off a terminal for the whole run; no --resume."""
+    a, b = _two_photos(tmp_path / "photos", chelsea)
+    out = tmp_path / "out"
+    argv = ["sanity", "--methods", "gradcam", "--blocks", "1", "--out", out]
+    code, _, err = _cli(capsys, *argv, a)
+    assert code == 0
+    assert "sanity: image 1/1" in err and "step 2/2 done" in err
+    first = (out / "sanity.csv").read_text()
+    code, stdout, err = _cli(capsys, *argv, "--resume", a, b)
+    assert code == 0 and f"{a}: already in sanity.csv (--resume), skipped" in err
+    assert "sanity: image 2/2" in err
+    rows = list(csv.DictReader((out / "sanity.csv").open()))
+    assert [r["image"] for r in rows] == [str(a), str(b)]
+    assert (out / "sanity.csv").read_text().startswith(first)  # a's row kept as it was
+    assert "over 2 images" in stdout or "2 images" in stdout
+
+
+def test_attack_keeps_a_summary_of_what_it_did_and_resumes(capsys, monkeypatch, tmp_path, chelsea):
+    """Before: the summary was written only at the end (none after a stop); no --resume."""
+    import cameras.cli.attack as attack_cli
+
+    a, b = _two_photos(tmp_path / "photos", chelsea)
+    out = tmp_path / "out"
+    argv = ["attack", a, b, "--method", "none", "--steps", "2", "--out", out]
+    real = attack_cli.attack_one
+
+    def stop_on_b(args, session, method, target, step_size, path, *rest):
+        if path == b:
+            raise KeyboardInterrupt
+        return real(args, session, method, target, step_size, path, *rest)
+
+    monkeypatch.setattr(attack_cli, "attack_one", stop_on_b)
+    code, _, err = _cli(capsys, *argv)
+    assert code == 130 and "attack: image 1/2" in err
+    summary = json.loads((out / "attack_summary.json").read_text())
+    assert summary["images"] == 1  # the image done before the stop
+    monkeypatch.setattr(attack_cli, "attack_one", real)
+    code, _, err = _cli(capsys, *argv, "--resume")
+    assert code == 0 and f"{a}: already in attack.jsonl (--resume), skipped" in err
+    rows = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
+    assert [row["file"] for row in rows] == [str(a), str(b)]
+    assert json.loads((out / "attack_summary.json").read_text())["images"] == 2

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..run.outputs import open_atomically, write_atomically
+from ..run.outputs import append_lines, complete_lines, open_atomically, write_atomically
 from .scoring import METRICS, RESULT_FIELDS, EvalSettings
 from .statistics import Summary
 
@@ -91,12 +90,12 @@ class ResultStore:
 
     def _repair(self) -> set[str]:
         """Keep only complete lines of finished records (see the class docstring)."""
-        finished = set(_complete_lines(self.done_path))
+        finished = set(complete_lines(self.done_path))
         _rewrite(self.done_path, [k + "\n" for k in sorted(finished)])
         for path, header in ((self.results, RESULT_FIELDS), (self.curves_path, CURVE_FIELDS)):
             if not path.exists():
                 continue
-            lines = _complete_lines(path)
+            lines = complete_lines(path)
             kept = [lines[0] + "\n"] if lines else [",".join(header) + "\n"]
             for row in csv.DictReader(lines):
                 if row.get("record") in finished and None not in row.values():
@@ -115,12 +114,12 @@ class ResultStore:
             for kind in ("insertion", "deletion")
             if f"{kind}_curve" in r
         ]
-        _append(self.results, result_lines)
-        _append(self.curves_path, curve_lines)
-        _append(self.done_path, [key + "\n"])
+        append_lines(self.results, result_lines)
+        append_lines(self.curves_path, curve_lines)
+        append_lines(self.done_path, [key + "\n"])
 
     def problem(self, line: str) -> None:
-        _append(self.problems_path, [line.rstrip("\n") + "\n"])
+        append_lines(self.problems_path, [line.rstrip("\n") + "\n"])
 
     def rows(self) -> list[dict]:
         """All result rows on disk, metric columns as floats (None where empty)."""
@@ -161,34 +160,6 @@ def _csv_line(cells: Sequence[object]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(cells)
     return buffer.getvalue()
-
-
-def _append(path: Path, lines: Sequence[str]) -> None:
-    """Append whole lines: a write that fails part-way (a full disk) is cut back to where
-    the file ended, so the next append never continues a torn line."""
-    if not lines:
-        return
-    data = memoryview("".join(lines).encode("utf-8"))
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        end = os.lseek(descriptor, 0, os.SEEK_END)
-        try:
-            while data:
-                data = data[os.write(descriptor, data) :]
-            os.fsync(descriptor)
-        except OSError:
-            os.ftruncate(descriptor, end)
-            raise
-    finally:
-        os.close(descriptor)
-
-
-def _complete_lines(path: Path) -> list[str]:
-    """The file's lines without their newline, dropping a last line cut off mid-write."""
-    if not path.exists():
-        return []
-    pieces = path.read_bytes().split(b"\n")  # bytes: a torn line may end mid-character
-    return [line.decode("utf-8") for line in pieces[:-1] if line]  # the last is partial
 
 
 def _rewrite(path: Path, lines: Sequence[str]) -> None:

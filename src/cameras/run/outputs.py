@@ -219,6 +219,34 @@ def _named(path: Path) -> Iterator[None]:
         raise type(error)(error.errno, error.strerror, str(path)) from None
 
 
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append whole lines: a write that fails part-way (a full disk) is cut back to where
+    the file ended, so the next append never continues a torn line."""
+    if not lines:
+        return
+    data = memoryview("".join(lines).encode("utf-8"))
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(descriptor, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(descriptor, data) :]
+            os.fsync(descriptor)
+        except OSError:
+            os.ftruncate(descriptor, end)
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The file's lines without their newline, dropping a last line cut off mid-write."""
+    if not path.exists():
+        return []
+    pieces = path.read_bytes().split(b"\n")  # bytes: a torn line may end mid-character
+    return [line.decode("utf-8") for line in pieces[:-1] if line]  # the last is partial
+
+
 def _temporary_name(path: Path) -> Path:
     # Hidden, unique (several threads or processes may write the same name), and in the
     # same folder: a rename across file systems would not be atomic.
