@@ -433,3 +433,17 @@ def test_attack_keeps_a_summary_of_what_it_did_and_resumes(capsys, monkeypatch, 
     rows = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
     assert [row["file"] for row in rows] == [str(a), str(b)]
     assert json.loads((out / "attack_summary.json").read_text())["images"] == 2
+
+
+def test_a_duplicated_evaluation_record_is_scored_once_with_one_warning(capsys, tmp_path, photo):
+    """Before: a record listed twice was scored twice, silently (it counted twice)."""
+    record = {"file": str(photo), "objects": [{"class_index": 285, "boxes": [[0, 0, 60, 40]]}]}
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps([record, record, record]))
+    out = tmp_path / "eval"
+    argv = ["evaluate", data, "--methods", "gradcam", "--metrics", "pointing", "--out", out]
+    code, _, err = _cli(capsys, *argv, "--workers", "0")
+    assert code == 0
+    assert err.count("duplicated record") == 1 and "2 duplicated record(s) scored once" in err
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 1

@@ -28,7 +28,7 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from ..run.jobs import evaluate_local, save_records
+from ..run.jobs import evaluate_local, save_records, unique_records
 from ..run.outputs import write_atomically
 from .common import (
     add_model_arguments,
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         failures += 1
         store.problem(line)
         print(f"error: {line}", file=sys.stderr)
-    todo = [r for r in records if r.key not in finished]
+    todo = unique_records([r for r in records if r.key not in finished])
     if finished:
         print(
             f"resuming: {len(records) - len(todo)} of {len(records)} images already done",

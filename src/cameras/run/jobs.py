@@ -4,6 +4,7 @@ The evaluate job's maths is ``evaluation.Evaluator``; ``RecordScorer`` wraps it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -191,6 +192,25 @@ def evaluate_local(
     yield from stream_local(
         records, partial(load_item, prep=prep), RecordScorer(evaluator), workers, batch_size
     )
+
+
+def unique_records(records: Sequence) -> list:
+    """The records without exact repeats (same file, same objects; the first kept), and
+    one warning naming how many were dropped: scored twice, a record would count twice
+    in every mean. The same file with other objects is another record and stays."""
+    seen: set = set()
+    unique, repeated = [], []
+    for record in records:
+        identity = (str(record.file), repr(record.objects))
+        (repeated if identity in seen else unique).append(record)
+        seen.add(identity)
+    if repeated:
+        warnings.warn(
+            f"{len(repeated)} duplicated record(s) scored once (first: {repeated[0].file})",
+            UserWarning,
+            stacklevel=2,
+        )
+    return unique
 
 
 def save_records(
