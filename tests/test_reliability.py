@@ -447,3 +447,27 @@ def test_a_duplicated_evaluation_record_is_scored_once_with_one_warning(capsys, 
     assert err.count("duplicated record") == 1 and "2 duplicated record(s) scored once" in err
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 1
+
+
+# ------------------------------------------------------------- Keras model files
+
+
+def test_keras_channels_first_and_truncated_files_are_one_line(capsys, tmp_path, photo):
+    """Before: a 46-line traceback from clone_model; a cut-off .keras called "File not found"."""
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((3, 32, 32))
+    x = keras.layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(x)
+    first = tmp_path / "first.keras"
+    keras.Model(inputs, keras.layers.Dense(5)(x)).save(first)
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+    cases = [
+        (first, "layer 'conv' is channels_first; cameras takes channels_last Keras models"),
+        (cut, f"{cut}: damaged or truncated .keras file (not a complete zip archive)"),
+    ]
+    for model, message in cases:
+        argv = ["explain", photo, "--out", tmp_path / "out", "--model", model]
+        code, _, err = _cli(capsys, *argv, "--preprocess", "tf", *GRADCAM)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..models import imagenet_classes
-from .network import KerasModelError
+from .network import KerasModelError, refuse_channels_first
 
 # keras.applications' preprocess_input modes, on 0-255 RGB pixels:
 #   torch: x / 255, then ImageNet mean / std per channel (DenseNet, ...)
@@ -90,6 +90,7 @@ def load_model(
         raise KerasModelError(_load_error(path, error)) from None
     if not isinstance(model, keras.Model):
         raise KerasModelError(f"{path}: holds a {type(model).__name__}, not a keras.Model")
+    refuse_channels_first(model, str(path))
     height, width = tuple(model.inputs[0].shape)[1:3] if model.inputs else (None, None)
     if size is None:
         size = min(height, width) if height and width else 224

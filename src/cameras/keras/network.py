@@ -46,7 +46,7 @@ def flexible_copy(model: keras.Model) -> keras.Model:
             f"model {model.name!r} takes {len(shape)}-D inputs {shape}; expected (B, H, W, C)"
         )
 
-    _refuse_channels_first(model)
+    refuse_channels_first(model, f"model {model.name!r}")
 
     def copy_layer(layer: keras.Layer) -> keras.Layer:
         if isinstance(layer, keras.Model):  # a backbone inside the model: flexible too
@@ -64,17 +64,18 @@ def flexible_copy(model: keras.Model) -> keras.Model:
         return keras.models.clone_model(model)
 
 
-def _refuse_channels_first(model: keras.Model) -> None:
-    """One line for a model with a channels_first layer (Keras' own copy fails deep in
-    clone_model): the maps are read from (B, H, W, C) layer outputs."""
+def refuse_channels_first(model: keras.Model, name: str) -> None:
+    """One line, starting with ``name`` (the file or the model), for a model with a
+    channels_first layer (Keras' own copy fails deep in clone_model): the maps are read
+    from (B, H, W, C) layer outputs."""
     layers = list(model.layers)
     while layers:
-        layer = layers.pop()
+        layer = layers.pop(0)  # in order: the first such layer is named
         if isinstance(layer, keras.Model):
-            layers.extend(layer.layers)
+            layers[:0] = layer.layers
         elif getattr(layer, "data_format", None) == "channels_first":
             raise KerasModelError(
-                f"model {model.name!r}: layer {layer.name!r} is channels_first; cameras takes "
+                f"{name}: layer {layer.name!r} is channels_first; cameras takes "
                 "channels_last Keras models (B, H, W, C): rebuild it with "
                 "data_format='channels_last'"
             )
