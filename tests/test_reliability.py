@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import TinyNet, seeded
+from PIL import Image
 
 import cameras
 
@@ -471,3 +472,17 @@ def test_keras_channels_first_and_truncated_files_are_one_line(capsys, tmp_path,
         code, _, err = _cli(capsys, *argv, "--preprocess", "tf", *GRADCAM)
         assert code == 2 and message in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_web_downloads_on_a_full_disk_leave_no_partial_file(small_disk):
+    """The web page's files come from viz.save_map. Before: a full disk left a cut-off PNG
+    under its final name (and np.save a cut-off .npy)."""
+    from cameras.viz import save_map
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    saliency = rng.random((300, 300), dtype=np.float32)
+    _fill(small_disk, leave=120_000)  # less than the noisy overlay's PNG
+    with pytest.raises(OSError):
+        save_map(image, saliency, small_disk / "map.png", small_disk / "map.npy")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

@@ -137,7 +137,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help=f"keep the rows in OUT/{JSONL} (same settings) and skip the images they cover",
+        help=f"keep the rows in OUT/{JSONL} (same settings) and skip the images they cover "
+        "(default: start afresh)",
     )
     add_out_argument(parser)
     add_model_arguments(parser)

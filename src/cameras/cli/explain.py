@@ -69,17 +69,20 @@ def add_parser(subparsers) -> None:
 
 def add_run_control_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--recursive", action="store_true", help="also take images in subfolders of a folder"
+        "--recursive",
+        action="store_true",
+        help="also take images in subfolders of a folder (default: top level only)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="skip images whose two files are already in OUT from a run with these settings",
+        help="skip images whose two files are already in OUT from a run with these settings "
+        "(default: explain every image)",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace files in OUT left by a run with other settings",
+        help="replace files in OUT left by a run with other settings (default: refuse)",
     )
 
 

@@ -91,7 +91,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep sanity.csv's rows and skip the images it already holds (with their figure)",
+        help="keep sanity.csv's rows and skip the images it already holds (with their figure) "
+        "(default: start afresh)",
     )
     add_out_argument(parser)
     add_model_arguments(parser)
