@@ -474,15 +474,19 @@ def test_keras_channels_first_and_truncated_files_are_one_line(capsys, tmp_path,
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
-def test_web_downloads_on_a_full_disk_leave_no_partial_file(small_disk):
-    """The web page's files come from viz.save_map. Before: a full disk left a cut-off PNG
-    under its final name (and np.save a cut-off .npy)."""
+def test_web_downloads_on_a_full_disk_keep_the_old_files(small_disk):
+    """The web page's files come from viz.save_map. Before: a full disk emptied the PNG
+    being replaced (Pillow truncates it, then removes what it wrote)."""
     from cameras.viz import save_map
 
     rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8))
+    png, npy = small_disk / "map.png", small_disk / "map.npy"
+    save_map(small, rng.random((60, 60), dtype=np.float32), png, npy)
+    before = {p.name: p.read_bytes() for p in small_disk.iterdir()}
     image = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
-    saliency = rng.random((300, 300), dtype=np.float32)
     _fill(small_disk, leave=120_000)  # less than the noisy overlay's PNG
     with pytest.raises(OSError):
-        save_map(image, saliency, small_disk / "map.png", small_disk / "map.npy")
-    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+        save_map(image, rng.random((300, 300), dtype=np.float32), png, npy)
+    after = {p.name: p.read_bytes() for p in small_disk.iterdir() if p.name != "filler"}
+    assert after == before
