@@ -110,10 +110,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
-def test_a_stop_signal_leaves_no_process_behind(tmp_path, chelsea, stop):
+@pytest.mark.parametrize(
+    ("stop", "engine"),
+    [(signal.SIGTERM, "local"), (signal.SIGHUP, "local"), (signal.SIGTERM, "ray")],
+)
+def test_a_stop_signal_leaves_no_process_behind(tmp_path, chelsea, stop, engine):
     """Before: SIGTERM killed the main process silently and left the decoding workers and
-    the render process running under PID 1."""
+    the render process running under PID 1 (with --ray: Ray's own handler, exit 15)."""
+    if engine == "ray":
+        pytest.importorskip("ray")
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(12):
@@ -123,7 +128,7 @@ def test_a_stop_signal_leaves_no_process_behind(tmp_path, chelsea, stop):
     errors = tmp_path / "stderr.txt"  # a file: orphans holding a pipe would block a read
     with errors.open("w") as stderr:
         child = subprocess.Popen(
-            [*argv, "--workers", "2", "--scales", "224,256"],
+            [*argv, "--scales", "224,256", *(["--ray"] if engine == "ray" else [])],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

@@ -29,8 +29,11 @@ only when a run asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -211,11 +214,30 @@ def connect(address: str) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
-    if address == "local":
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+    with _stop_signals_kept():
+        if address == "local":
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
     return True
+
+
+@contextlib.contextmanager
+def _stop_signals_kept() -> Iterator[None]:
+    """Put back the SIGTERM / SIGHUP handlers that ``ray.init`` replaces with its own (which
+    exit at once with the signal's number): the caller's handlers (``cameras.cli``'s stop
+    a run as Ctrl-C does) then stop the stream, whose clean-up shuts Ray down."""
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in before.items():
+            if handler is not None:
+                signal.signal(getattr(signal, name), handler)
 
 
 @dataclass(frozen=True)

@@ -46,17 +46,21 @@ STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)
 @contextlib.contextmanager
 def stop_signals_as_interrupts():
     """Within the block, SIGTERM / SIGHUP raise ``Stopped``; the handlers before are put
-    back after (only the main thread can handle signals: elsewhere this does nothing)."""
+    back after (only the main thread can handle signals: elsewhere this does nothing).
+    Yields the list of signals received: a library that catches the interrupt and raises
+    a plain KeyboardInterrupt of its own (Ray's ``get`` does) loses which signal it was."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def stop(signum, frame) -> None:
+        received.append(signum)
         raise Stopped(signum)
 
     before = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
-        yield
+        yield received
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
@@ -79,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    received: list[int] = []
     try:
         check_environment()
-        with warnings_as_lines(), stop_signals_as_interrupts():
+        with warnings_as_lines(), stop_signals_as_interrupts() as received:
             return args.run(args)
     except UsageError as error:
         from ..images import shown
@@ -98,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"cameras {args.command}: error: {where}{reason}", file=sys.stderr)
         return 1
-    except Stopped as stop:
-        print(f"cameras {args.command}: stopped by {stop}", file=sys.stderr)
-        return 128 + stop.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, Stopped) or received:
+            signum = stop.signum if isinstance(stop, Stopped) else received[0]
+            print(f"cameras {args.command}: stopped by {Stopped(signum)}", file=sys.stderr)
+            return 128 + signum
         print(f"cameras {args.command}: interrupted", file=sys.stderr)
         return 130
 
