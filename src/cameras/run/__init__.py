@@ -9,4 +9,7 @@ images, budget, session, evaluation, viz) and the standard library, torch and Nu
 never imports a face (``cameras.cli``, ``cameras.web``) or Ray (``cameras.distributed``
 imports it, not the other way round). Inside the package, ``items`` and ``engine``
 import nothing of it; ``outputs`` and ``render`` import ``items``; ``jobs`` imports all.
+``outputs`` (atomic writes, whole-line appends) is also the one writer the rest of the
+library uses (``viz``, ``evaluation.storage``, the CLI), so it imports no more than
+``images`` and ``items``.
 """
