@@ -42,16 +42,15 @@ from PIL import Image
 
 import cameras
 from cameras.evaluation import EvalSettings, Evaluator, load_item
-from cameras.pipeline import (
+from cameras.run.jobs import (
     ImageExplainer,
-    ImageWriter,
     decode_image,
     evaluate_local,
     explain_local,
-    image_tasks,
-    render_outputs,
     save_explanations,
 )
+from cameras.run.outputs import ImageWriter, image_tasks
+from cameras.run.render import render_outputs
 
 
 def shipped_photos() -> list[tuple[str, Image.Image]]:

@@ -121,14 +121,14 @@ def test_unwritable_out_is_one_line_before_any_work(
 
 def test_a_write_that_fails_mid_run_is_that_images_failure(capsys, monkeypatch, tmp_path, photos):
     out = tmp_path / "out"
-    real_write = Path.write_bytes
+    real_open = os.open  # outputs are written under a temporary name, then renamed
 
-    def write_bytes(self, data):
-        if self.name == "two_gradcam.png":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_write(self, data)
+    def open_file(path, *args, **kwargs):
+        if Path(path).name.startswith(".two_gradcam.png."):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(os, "open", open_file)
     code, stdout, err = run(capsys, "explain", *photos, "--out", out, *GRADCAM, "--workers", 0)
     assert code == 1
     assert error_lines(err) == [
@@ -323,15 +323,15 @@ class FakeTerminal(StringIO):
 
 def test_warnings_never_run_into_a_progress_bar(monkeypatch, tmp_path, photos):
     """On a terminal the bar is drawn; a warning raised mid-run is a line of its own."""
-    import cameras.pipeline
+    import cameras.run.jobs
 
-    real_top_classes = cameras.pipeline.top_classes
+    real_top_classes = cameras.run.jobs.top_classes
 
     def top_classes_with_a_warning(*args, **kwargs):  # runs in the model's process
         warnings.warn("careful: odd pixels", UserWarning, stacklevel=1)
         return real_top_classes(*args, **kwargs)
 
-    monkeypatch.setattr(cameras.pipeline, "top_classes", top_classes_with_a_warning)
+    monkeypatch.setattr(cameras.run.jobs, "top_classes", top_classes_with_a_warning)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with warnings.catch_warnings():

@@ -1,5 +1,5 @@
 """Output names cannot collide: however the inputs are named, no output replaces another
-output or an input (``pipeline.image_tasks`` makes the names, ``ImageWriter`` checks them)."""
+output or an input (``run.outputs.image_tasks`` makes the names, ``ImageWriter`` checks them)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from cameras.cli import main
 from cameras.cli.common import output_stems
-from cameras.pipeline import ImageWriter, image_tasks
+from cameras.run.outputs import ImageWriter, image_tasks
 
 
 def stems(*paths: str, clashes=None) -> list[str]:

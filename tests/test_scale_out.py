@@ -23,15 +23,10 @@ import cameras
 from cameras import evaluation
 from cameras.cli import main
 from cameras.images import load_image, resize_map
-from cameras.pipeline import (
-    BackgroundWriter,
-    DecodedImage,
-    ImageExplainer,
-    ImageTask,
-    render_outputs,
-    same_size_batches,
-    stream_local,
-)
+from cameras.run.engine import BackgroundWriter, same_size_batches, stream_local
+from cameras.run.items import DecodedImage, ImageTask
+from cameras.run.jobs import ImageExplainer
+from cameras.run.render import render_outputs
 
 FAST = ["--scales", "224,324"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +195,7 @@ def test_background_writer_writes_in_order_and_hands_back_a_failure():
 
 def _results_for_rendering(chelsea, coffee, count: int):
     """``count`` ready results (small maps, real photos) for the writing side."""
-    from cameras.pipeline import ImageResult
+    from cameras.run.items import ImageResult
 
     photos = [np.asarray(chelsea), np.asarray(coffee)]
     results = []
@@ -230,7 +225,8 @@ def _note_index(order: list[int], result, png, error) -> None:
 def test_overlays_rendered_in_a_process_equal_those_rendered_here(chelsea, coffee, tmp_path):
     """The pipeline renders overlays in a separate process: byte-identical files to the
     one-at-a-time path, written in order."""
-    from cameras.pipeline import ImageWriter, save_explanations
+    from cameras.run.jobs import save_explanations
+    from cameras.run.outputs import ImageWriter
 
     results = _results_for_rendering(chelsea, coffee, 3)
     here, there = tmp_path / "here", tmp_path / "there"
@@ -249,14 +245,14 @@ def test_overlays_rendered_in_a_process_equal_those_rendered_here(chelsea, coffe
 def test_a_dead_render_process_loses_no_image(chelsea, coffee, tmp_path, monkeypatch):
     """The render process dies on the first image: every image is still written (the
     unfinished ones rendered here), in order, and none is reported as failed."""
-    from cameras import pipeline
+    from cameras.run import jobs, outputs, render
 
-    monkeypatch.setattr(pipeline, "render_outputs", _die_on_the_first_image)
+    monkeypatch.setattr(render, "render_outputs", _die_on_the_first_image)
     reports: list[tuple[int, str | None]] = []
-    writer = pipeline.ImageWriter(tmp_path, "cameras", [])
+    writer = outputs.ImageWriter(tmp_path, "cameras", [])
     pairs = [(result, None) for result in _results_for_rendering(chelsea, coffee, 3)]
     report = lambda result, png, error: reports.append((result.task.index, error))  # noqa: E731
-    assert pipeline.save_explanations(pairs, writer, report=report) == 0
+    assert jobs.save_explanations(pairs, writer, report=report) == 0
     assert reports == [(0, None), (1, None), (2, None)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"photo{i}_cameras{suffix}" for i in range(3) for suffix in (".npy", ".png")
@@ -365,7 +361,7 @@ def test_resume_after_the_driver_is_killed(eval_data, eval_reference, tmp_path, 
 
 def test_import_cameras_never_imports_ray():
     code = (
-        "import sys, cameras, cameras.pipeline, cameras.distributed, cameras.cli; "
+        "import sys, cameras, cameras.run.jobs, cameras.distributed, cameras.cli; "
         "cameras.cli.build_parser(); "
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )
@@ -424,7 +420,8 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(lite0, photos
     """SIGKILL the model actor's process after the first result: Ray starts another and
     reruns the unfinished batches; every image is written exactly once, maps exact."""
     from cameras.distributed import ExplainJob, explain_ray
-    from cameras.pipeline import ImageWriter, image_tasks, save_explanations
+    from cameras.run.jobs import save_explanations
+    from cameras.run.outputs import ImageWriter, image_tasks
     from cameras.session import SessionSpec
 
     model, prep, _ = lite0
@@ -516,7 +513,7 @@ def test_a_model_that_cannot_load_on_the_actors_fails_the_job_in_one_line(lite0,
     """The actor's constructor raises (here: a weights file the workers cannot read): the
     job stops with RayJobError naming the cause, instead of restarting the actor forever."""
     from cameras.distributed import ExplainJob, RayJobError, explain_ray
-    from cameras.pipeline import image_tasks
+    from cameras.run.outputs import image_tasks
     from cameras.session import SessionSpec
 
     _, prep, _ = lite0

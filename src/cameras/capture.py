@@ -13,6 +13,11 @@ rest of the network a fresh leaf tensor, so the backward pass stops at the layer
 Token models (ViT, DeiT, EVA, Swin; see ``tokens.py``) are run at any input size for
 the duration of the block, and their tokens are laid on each scale's patch grid.
 
+Several threads may explain with one model at once: each capture records only the
+forward passes of the thread that opened it, and the model-wide changes (eval mode, any
+input size) are made by the first block to open and undone by the last to close
+(``shared_model_state``), so every thread gets the single-threaded result.
+
 The caller's autograd mode does not matter: the block runs with gradients on and outside
 inference mode (``autograd_enabled``), and puts the caller's modes back on exit. A
 float16 or bfloat16 model runs in its own dtype (each input is cast to it) and the
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -143,6 +149,43 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
+class _SharedModelState:
+    """The model-wide changes of the captures open on one model, counted: the first
+    capture to open makes them and the last to close undoes them. Without the count, a
+    thread that finished first would put a training model back in training mode (or a
+    token model back to its fixed size) under a thread still running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[int, contextlib.ExitStack]] = {}  # id(model) -> state
+
+    @contextlib.contextmanager
+    def __call__(self, model: nn.Module, family: TokenFamily | None) -> Iterator[None]:
+        key = id(model)  # the model is referenced by its captures while the key is used
+        with self._lock:
+            count, stack = self._open.get(key, (0, None))
+            if stack is None:
+                stack = contextlib.ExitStack()
+                with contextlib.ExitStack() as opening:
+                    opening.enter_context(eval_mode(model))
+                    if family is not None:
+                        opening.enter_context(family.accept_any_size())
+                    stack = opening.pop_all()
+            self._open[key] = (count + 1, stack)
+        try:
+            yield
+        finally:
+            with self._lock:
+                count, stack = self._open.pop(key)
+                if count > 1:
+                    self._open[key] = (count - 1, stack)
+                else:
+                    stack.close()
+
+
+shared_model_state = _SharedModelState()
+
+
 def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     """Find the layer to explain: a dotted module name, the module itself, or None (automatic).
 
@@ -202,8 +245,12 @@ def _probe_spatial_outputs(model: nn.Module, size: int, device: torch.device):
     counts: dict[str, int] = {}
     order: list[str] = []
 
+    me = threading.get_ident()
+
     def record(name: str) -> Callable:
         def hook(_module, _inputs, output):
+            if threading.get_ident() != me:
+                return  # another thread's forward pass through the same model
             counts[name] = counts.get(name, 0) + 1
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 spatial[name] = tuple(output.shape[2:])
@@ -216,12 +263,26 @@ def _probe_spatial_outputs(model: nn.Module, size: int, device: torch.device):
     named = [(name, module) for name, module in model.named_modules() if name]
     handles = [module.register_forward_hook(record(name)) for name, module in named]
     try:
-        with eval_mode(model), torch.no_grad(), dtype_errors(model):
+        with shared_model_state(model, None), torch.no_grad(), dtype_errors(model):
             model(torch.zeros(1, 3, size, size, device=device, dtype=model_dtype(model)))
     finally:
         for handle in handles:
             handle.remove()
     return spatial, counts, order
+
+
+def check_channels_first(x: torch.Tensor, model: nn.Module) -> None:
+    """A ValueError that says so for a (B, H, W, C) batch (a Keras / NumPy habit), told
+    by the model's first convolution: its input channels are x's last size, not its
+    second. PyTorch models take (B, C, H, W); the convolution's own error would not say."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or x.dim() != 4:
+        return
+    if x.shape[1] != first.in_channels and x.shape[-1] == first.in_channels:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}, channels last (B, H, W, C); a PyTorch model "
+            "takes (B, C, H, W): pass x.permute(0, 3, 1, 2)"
+        )
 
 
 @dataclass
@@ -266,15 +327,15 @@ class LayerCapture:
         self._leaves: list[torch.Tensor] = []
         self._sizes_run: list[tuple[int, int]] = []
         self._stack: contextlib.ExitStack | None = None
+        self._thread: int | None = None  # the thread whose forward passes are recorded
 
     def __enter__(self) -> LayerCapture:
         stack = contextlib.ExitStack()
         self._sizes_run = []
+        self._thread = threading.get_ident()
         try:
             stack.enter_context(autograd_enabled())
-            stack.enter_context(eval_mode(self.model))
-            if self.family is not None:
-                stack.enter_context(self.family.accept_any_size())
+            stack.enter_context(shared_model_state(self.model, self.family))
             handle = self.layer.register_forward_hook(self._hook)
             stack.callback(handle.remove)
         except BaseException:
@@ -290,6 +351,8 @@ class LayerCapture:
             self._stack = None
 
     def _hook(self, _module: nn.Module, _inputs, output):
+        if threading.get_ident() != self._thread:
+            return None  # another thread's pass (its own capture records it)
         if not isinstance(output, torch.Tensor):
             raise TypeError(
                 f"layer {self.layer_name!r} returned {type(output).__name__}; pick a layer "
@@ -329,7 +392,12 @@ class LayerCapture:
         with torch.no_grad():
             output = self._forward(x)
         leaves, self._leaves = self._leaves, []
-        if len(leaves) != 1:
+        if not leaves:
+            raise RuntimeError(
+                f"layer {self.layer_name!r} did not run in the forward pass (or ran in "
+                "another thread, as in nn.DataParallel); pick a layer the model runs itself"
+            )
+        if len(leaves) > 1:  # counted in this thread only: never another thread's call
             raise RuntimeError(
                 f"layer {self.layer_name!r} ran {len(leaves)} times in one forward pass; "
                 "pick a layer that runs exactly once"
@@ -346,7 +414,15 @@ class LayerCapture:
                 "that feeds the classifier"
             )
         score = logits.gather(1, targets[:, None]).sum()
-        (gradients,) = torch.autograd.grad(score, leaf)
+        try:
+            (gradients,) = torch.autograd.grad(score, leaf)
+        except RuntimeError as error:  # the scores come from a path that skips the layer
+            if "not have been used in the graph" not in str(error):
+                raise
+            raise RuntimeError(
+                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
+                "that feeds the classifier"
+            ) from None
         activations, gradients = widened(leaf.detach()), widened(gradients)
         covered = None
         if self.reshape_transform is not None:

@@ -1,6 +1,6 @@
 """The same explain and evaluate jobs on Ray: one machine's cores, or a cluster.
 
-What runs where (the functions are ``cameras.pipeline``'s, unchanged):
+What runs where (the functions are ``cameras.run``'s, unchanged):
 
 - reading and decoding (``decode_image`` / ``evaluation.load_item``): Ray tasks, on any
   node with a free CPU;
@@ -29,23 +29,19 @@ only when a run asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
-from .pipeline import (
-    Explained,
-    ImageExplainer,
-    ImageResult,
-    ImageTask,
-    RecordScorer,
-    Scored,
-    decode_image,
-    render_outputs,
-)
+from .run.items import Explained, ImageResult, ImageTask, Scored
+from .run.jobs import ImageExplainer, RecordScorer, decode_image
+from .run.render import render_outputs
 from .session import SessionSpec
 
 INSTALL_HINT = "pip install 'cameras[ray]'"
@@ -172,6 +168,34 @@ def _render_for_driver(result: ImageResult, cmap: str, alpha: float) -> Explaine
 # --------------------------------------------------------------------------------------
 
 
+# How long --ray HOST:PORT may take to answer (--ray-timeout's default, seconds).
+RAY_TIMEOUT_S = 30.0
+
+
+def check_reachable(address: str, timeout: float = RAY_TIMEOUT_S) -> None:
+    """RayJobError, in one line, when nothing answers at a HOST:PORT or ray://HOST:PORT
+    address within ``timeout`` seconds. Ray's own join waits minutes at an address where
+    nothing listens; a TCP connection tells in at most ``timeout``. ('local' and 'auto'
+    are not network addresses: nothing to check.)"""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except TimeoutError:
+        raise RayJobError(
+            f"--ray {address}: no answer within {timeout:g} s (--ray-timeout); is the Ray "
+            "head running and the port open?"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise RayJobError(
+            f"--ray {address}: cannot connect ({reason}); is the Ray head running there?"
+        ) from None
+
+
 def connect(address: str) -> bool:
     """Join Ray at ``address`` ('local': start an instance sized to this machine).
     Returns True when this call started Ray (the caller shuts it down). Ray already
@@ -179,11 +203,30 @@ def connect(address: str) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
-    if address == "local":
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+    with _stop_signals_kept():
+        if address == "local":
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
     return True
+
+
+@contextlib.contextmanager
+def _stop_signals_kept() -> Iterator[None]:
+    """Put back the SIGTERM / SIGHUP handlers that ``ray.init`` replaces with its own (which
+    exit at once with the signal's number): the caller's handlers (``cameras.cli``'s stop
+    a run as Ctrl-C does) then stop the stream, whose clean-up shuts Ray down."""
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in before.items():
+            if handler is not None:
+                signal.signal(getattr(signal, name), handler)
 
 
 @dataclass(frozen=True)
@@ -322,7 +365,7 @@ def explain_ray(
     batch_size: int = 1,
 ) -> Iterator[Explained]:
     """``(result, files)`` per image, in input order, computed on Ray (see the module
-    docstring); hand them to ``pipeline.save_explanations`` to write."""
+    docstring); hand them to ``run.jobs.save_explanations`` to write."""
     yield from stream_ray(
         tasks,
         partial(decode_image, prep=prep),
@@ -344,7 +387,7 @@ def evaluate_ray(
     batch_size: int = 1,
 ) -> Iterator[Scored]:
     """``(item, rows)`` per record, in record order, computed on Ray; hand them to
-    ``pipeline.save_records`` to store."""
+    ``run.jobs.save_records`` to store."""
     from .evaluation import load_item
 
     yield from stream_ray(

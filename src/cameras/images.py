@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import stat
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,11 +35,16 @@ def check_pixel_count(path: str | Path, width: int, height: int) -> None:
         )
 
 
-def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Expand files and folders (top level, image suffixes) into image paths.
+def find_images(
+    paths: Iterable[str | Path], recursive: bool = False, notices: list[str] | None = None
+) -> tuple[list[Path], list[str]]:
+    """Expand files and folders (image suffixes; subfolders too when ``recursive``) into
+    image paths.
 
     Returns (images, errors): a missing path is an error line, not an exception, so
     the other inputs still run. Files named explicitly are kept whatever their suffix.
+    Without ``recursive``, a line saying how many images in subfolders were left out is
+    added to ``notices`` (when given).
     """
     images: list[Path] = []
     errors: list[str] = []
@@ -46,23 +52,50 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         path = Path(raw)
         if path.is_dir():
             found, skipped = [], len(errors)
-            for entry in sorted(path.iterdir()):
-                if entry.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                if entry.is_file():
-                    found.append(entry)
-                elif entry.is_symlink():  # is_file() is False for a loop or a dangling link
-                    errors.append(f"{shown(entry)}: {_broken_link(entry)}, skipped")
+            left_out = _scan_folder(path, recursive, found, errors)
             if not found and len(errors) == skipped:
                 errors.append(f"{shown(path)}: no images in this folder")
+            if left_out and notices is not None:
+                notices.append(
+                    f"{shown(path)}: {left_out} image(s) in subfolders skipped; pass --recursive"
+                )
             images.extend(found)
         elif path.is_file():
             images.append(path)
         elif path.is_symlink():
             errors.append(f"{shown(path)}: {_broken_link(path)}")
+        elif path.exists():  # a FIFO, a socket, a device: reading it could block forever
+            errors.append(f"{shown(path)}: not a regular file ({_file_kind(path)})")
         else:
             errors.append(f"{shown(path)}: no such file or folder")
     return images, errors
+
+
+def _scan_folder(folder: Path, recursive: bool, found: list[Path], errors: list[str]) -> int:
+    """Add the folder's images to ``found`` (sorted, subfolders after the files when
+    ``recursive``); returns how many images its subfolders hold when not recursive."""
+    left_out = 0
+    entries = sorted(folder.iterdir())
+    for entry in entries:
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if entry.is_file():
+            found.append(entry)
+        elif entry.is_symlink():  # is_file() is False for a loop or a dangling link
+            errors.append(f"{shown(entry)}: {_broken_link(entry)}, skipped")
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():  # a linked folder could loop
+            if recursive:
+                _scan_folder(entry, True, found, errors)
+            else:
+                left_out += sum(1 for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return left_out
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a device"}
+    return next((name for test, name in kinds.items() if test(mode)), "a device")
 
 
 def shown(path: str | Path) -> str:

@@ -400,7 +400,10 @@ def save_png(
             picture = picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
         else:
             picture = picture.quantize(colors, dither=Image.Dither.NONE)
-    picture.save(path, format="PNG", optimize=True)
+    from .run.outputs import open_atomically
+
+    with open_atomically(path) as handle:
+        picture.save(handle, format="PNG", optimize=True)
     return picture.size
 
 
@@ -419,7 +422,10 @@ def save_figure(
     picture = figure_to_image(figure)
     if path.suffix.lower() == ".png":
         return save_png(picture, path, colors, dither)
-    figure.savefig(path, dpi=figure.dpi)
+    from .run.outputs import open_atomically
+
+    with open_atomically(path) as handle:
+        figure.savefig(handle, dpi=figure.dpi, format=path.suffix.lstrip(".").lower() or None)
     return picture.size
 
 
@@ -433,9 +439,12 @@ def save_map(
 ) -> None:
     """What ``cameras explain`` and the web page write per map: the overlay at the
     image's size as ``png`` and the (H, W) float32 map in [0, 1] as ``npy`` (if given)."""
+    from .run.outputs import open_atomically
+
     save_png(overlay(image, saliency, cmap, alpha), png)
     if npy is not None:
-        np.save(npy, np.asarray(saliency, dtype=np.float32))
+        with open_atomically(npy) as handle:
+            np.save(handle, np.asarray(saliency, dtype=np.float32))
 
 
 def npy_bytes(array: np.ndarray) -> bytearray:

@@ -506,6 +506,8 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal stops it the same way
+        signal.signal(signal.SIGHUP, interrupt)
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):

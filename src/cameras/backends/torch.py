@@ -14,6 +14,7 @@ from ..budget import PassCost, probe_pass_cost, probe_sample
 from ..capture import (
     LayerCapture,
     LayerSpec,
+    check_channels_first,
     eval_mode,
     logits_of,
     model_device,
@@ -65,6 +66,7 @@ class TorchBackend:
         from ..methods.base import check_batch
 
         x = check_batch(x)
+        check_channels_first(x, self.model)
         return widened(x.to(model_device(self.model))), x.device
 
     def output(self, tensor: torch.Tensor, source: torch.device) -> torch.Tensor:

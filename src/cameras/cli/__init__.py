@@ -4,7 +4,10 @@ Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> exit co
 they parse and print only, and call the library for everything else.
 Exit codes: 0 all inputs succeeded, 1 some failed (the rest still written), 2 usage error
 (a bad option, an --out that cannot be written, annotations with nothing to evaluate),
-130 interrupted. Every failure is one line on stderr naming the file or option.
+130 interrupted (Ctrl-C), 143 stopped by SIGTERM, 129 by SIGHUP (128 + the signal's number,
+as a shell reports it). SIGTERM and SIGHUP stop a subcommand as Ctrl-C does: its worker
+processes, render process and Ray processes are stopped before it exits. Every failure
+is one line on stderr naming the file or option.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import signal
 import sys
+import threading
 import warnings
 
 from ..budget import MemoryBudgetError
@@ -23,6 +28,42 @@ SUBCOMMANDS = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]
 
 class UsageError(Exception):
     """A bad argument: printed as one line, exit code 2."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C's KeyboardInterrupt is:
+    everything that cleans up after Ctrl-C (workers, the render process, Ray) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# The signals a job scheduler, ``timeout`` or a closed terminal sends to stop a program.
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s)
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts():
+    """Within the block, SIGTERM / SIGHUP raise ``Stopped``; the handlers before are put
+    back after (only the main thread can handle signals: elsewhere this does nothing).
+    Yields the list of signals received: a library that catches the interrupt and raises
+    a plain KeyboardInterrupt of its own (Ray's ``get`` does) loses which signal it was."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum, frame) -> None:
+        received.append(signum)
+        raise Stopped(signum)
+
+    before = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    received: list[int] = []
     try:
-        with warnings_as_lines():
+        check_environment()
+        with warnings_as_lines(), stop_signals_as_interrupts() as received:
             return args.run(args)
     except UsageError as error:
         from ..images import shown
@@ -60,9 +103,24 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"cameras {args.command}: error: {where}{reason}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, Stopped) or received:
+            signum = stop.signum if isinstance(stop, Stopped) else received[0]
+            print(f"cameras {args.command}: stopped by {Stopped(signum)}", file=sys.stderr)
+            return 128 + signum
         print(f"cameras {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def check_environment() -> None:
+    """A bad ``CAMERAS_MEMORY_GB`` is a usage error before any work (not a traceback once
+    the model has loaded)."""
+    from ..budget import budget_bytes
+
+    try:
+        budget_bytes()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 @contextlib.contextmanager

@@ -25,7 +25,13 @@ from ..attack import (
     to_uint8,
 )
 from ..images import ImageError
-from ..pipeline import OutputGuard, write_failure
+from ..run.outputs import (
+    OutputGuard,
+    append_lines,
+    complete_lines,
+    write_atomically,
+    write_failure,
+)
 from ..viz import perturbation_figure, save_png
 from .common import (
     add_model_arguments,
@@ -122,6 +128,12 @@ def add_parser(subparsers) -> None:
         help="take every step instead of stopping each image once its target is top-1 "
         "(default: stop early)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"keep the rows in OUT/{JSONL} (same settings) and skip the images they cover "
+        "(default: start afresh)",
+    )
     add_out_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run)
@@ -162,31 +174,58 @@ def run(args: argparse.Namespace) -> int:
         "beta": args.beta,
         "early_stop": args.early_stop,
     }
-    rows: list[dict] = []
+    rows = earlier_rows(jsonl, settings) if args.resume else []
+    if not args.resume:
+        write_atomically({jsonl: ""})
+    done = {row["file"] for row in rows}
     name = args.method
     patterns = [f"{{stem}}_adversarial_{name}.png", f"{{stem}}_perturbation_{name}.png"]
     pairs = list(zip(images, output_stems(images, args.out, patterns), strict=True))
-    with jsonl.open("w") as lines:
-        for path, stem in progress_bar(pairs, desc="attack", unit="image", disable=len(images) < 2):
-            try:
-                row = attack_one(args, session, method, target, step_size, path, stem, inputs)
-            except ImageError as error:
-                failures += 1
-                note(f"error: {error}", error=True)
-                continue
-            except OSError as error:  # this image's files; the others still run
-                failures += 1
-                note(f"error: {path}: {write_failure(error)}", error=True)
-                continue
-            lines.write(json.dumps(row) + "\n")
-            lines.flush()
-            rows.append(row)
-            note(describe(row))
+    bar = progress_bar(total=len(pairs), desc="attack", unit="image", disable=len(images) < 2)
+    for number, (path, stem) in enumerate(pairs, 1):
+        bar.update(1)
+        if str(path) in done:
+            note(f"{path}: already in {JSONL} (--resume), skipped", error=True)
+            continue
+        if bar.disable:  # not on a terminal: a line as each image starts
+            note(f"attack: image {number}/{len(pairs)} {path}", error=True)
+        try:
+            row = attack_one(args, session, method, target, step_size, path, stem, inputs)
+        except ImageError as error:
+            failures += 1
+            note(f"error: {error}", error=True)
+            continue
+        except OSError as error:  # this image's files; the others still run
+            failures += 1
+            note(f"error: {path}: {write_failure(error)}", error=True)
+            continue
+        rows.append(row)
+        append_lines(jsonl, [json.dumps(row) + "\n"])
+        # The summary so far, after every image: a stopped run keeps one of what it did.
+        summary = summarise_attacks(rows, method.name if method else None, settings)
+        write_atomically({args.out / SUMMARY: json.dumps(summary, indent=2) + "\n"})
+        note(describe(row))
+    bar.close()
     summary = summarise_attacks(rows, method.name if method else None, settings)
-    (args.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically({args.out / SUMMARY: json.dumps(summary, indent=2) + "\n"})
     for line in summary_lines(summary):
         print(line)
     return 1 if failures else 0
+
+
+def earlier_rows(jsonl: Path, settings: dict) -> list[dict]:
+    """--resume: the rows of an earlier run (a torn last line dropped), if its settings
+    were these; a usage error otherwise (mixing them would make the summary meaningless)."""
+    rows = [json.loads(line) for line in complete_lines(jsonl)]
+    for key in ("norm", "steps_max", "step_size", "eps"):
+        own = {"steps_max": settings["steps"]}.get(key, settings.get(key))
+        theirs = {row.get(key) for row in rows}
+        if theirs and theirs != {own}:
+            raise usage_error(
+                f"--resume: {jsonl} holds rows with {key} {sorted(theirs, key=str)[0]!r}, "
+                f"this run has {own!r}; use another --out"
+            )
+    return rows
 
 
 def attack_one(args, session, method, target, step_size, path: Path, stem: str, inputs) -> dict:

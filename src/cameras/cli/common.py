@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..classes import ClassError
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
-from ..pipeline import OutputGuard, image_tasks
+from ..run.outputs import OutputGuard, image_tasks
 from ..session import Session, SessionSpec
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -254,14 +254,17 @@ def check_writable_folder(option: str, folder: Path) -> None:
         raise usage_error(f"{option} {folder}: cannot write there ({reason})") from None
 
 
-def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
+def gather_images(paths: list[str], out: Path, recursive: bool = False) -> tuple[list[Path], int]:
     """Image paths from files and folders, and how many inputs were missing (each printed
-    as one error line); creates the output folder."""
+    as one error line; images left in subfolders as a note); creates the output folder."""
     from ..images import find_images
 
-    images, errors = find_images(paths)
+    notices: list[str] = []
+    images, errors = find_images(paths, recursive, notices)
     for line in errors:
         note(f"error: {line}", error=True)
+    for line in notices:
+        note(f"note: {line}", error=True)
     out.mkdir(parents=True, exist_ok=True)
     return images, len(errors)
 
@@ -269,7 +272,7 @@ def gather_images(paths: list[str], out: Path) -> tuple[list[Path], int]:
 def output_stems(
     images: list[Path], out: Path | None = None, patterns: Iterable[str] = ()
 ) -> list[str]:
-    """A distinct <stem> per image (``pipeline.image_tasks``): -2, -3, ... added when two
+    """A distinct <stem> per image (``run.outputs.image_tasks``): -2, -3, ... added when two
     inputs share a stem, or when a name ``out / pattern.format(stem=...)`` would replace
     an input."""
     guard = OutputGuard(images)
@@ -321,6 +324,14 @@ def add_scale_out_arguments(
         "this run; 'auto' or ray://HOST:PORT joins that cluster (default: no Ray)",
     )
     parser.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a --ray HOST:PORT may take to answer before the run gives up "
+        "(default: %(default)g)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help=f"{workers_help} (default: 2); with --ray, model actors (default: one per GPU, "
@@ -365,6 +376,14 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
         require_ray()
     except (RayUnavailable, ValueError) as error:
         raise usage_error(f"--ray: {error}") from None
+    if not args.ray_timeout > 0:
+        raise usage_error(f"--ray-timeout {args.ray_timeout:g}: must be more than 0")
+    from ..distributed import RayJobError, check_reachable
+
+    try:
+        check_reachable(args.ray, args.ray_timeout)
+    except RayJobError as error:
+        raise usage_error(str(error)) from None
     return args.ray
 
 

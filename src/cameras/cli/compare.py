@@ -15,7 +15,7 @@ from pathlib import Path
 from ..images import ImageError, load_image
 from ..methods import METHODS
 from ..models import DEFAULT_MODEL
-from ..pipeline import write_failure
+from ..run.outputs import write_failure
 from ..session import Session
 from ..viz import Panel, comparison_figure, difference_map, save_figure
 from .common import (

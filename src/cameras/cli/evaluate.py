@@ -28,7 +28,8 @@ from ..evaluation import (
     write_summary,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from ..pipeline import evaluate_local, save_records
+from ..run.jobs import evaluate_local, save_records, unique_records
+from ..run.outputs import write_atomically
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         failures += 1
         store.problem(line)
         print(f"error: {line}", file=sys.stderr)
-    todo = [r for r in records if r.key not in finished]
+    todo = unique_records([r for r in records if r.key not in finished])
     if finished:
         print(
             f"resuming: {len(records) - len(todo)} of {len(records)} images already done",
@@ -221,7 +222,7 @@ def _summarise(args: argparse.Namespace, store: ResultStore, settings, failures:
     summaries = summarise(rows, settings.methods, settings.metrics)
     table = summary_markdown(summaries)
     write_summary(summaries, args.out / "summary.csv")
-    (args.out / "summary.md").write_text(table + "\n")
+    write_atomically({args.out / "summary.md": table + "\n"})
     written = ["summary.csv", "summary.md"]
     if plot_curves(store.curves(), args.out / "curves.png"):
         written.append("curves.png")
@@ -231,7 +232,7 @@ def _summarise(args: argparse.Namespace, store: ResultStore, settings, failures:
 
 
 def _save(stream, store: ResultStore, total: int) -> int:
-    """Store each record's rows as it finishes (``pipeline.save_records``), printing its
+    """Store each record's rows as it finishes (``run.jobs.save_records``), printing its
     problems; returns how many records had problems."""
     if not total:
         return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipeline import ImageWriter, explain_local, image_tasks, save_explanations
+from ..run.jobs import explain_local, save_explanations
+from ..run.outputs import ImageWriter, image_tasks
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -31,7 +32,9 @@ def add_parser(subparsers) -> None:
         description="For each image write OUT/<stem>_<method>.png (overlay at the image's "
         "size) and OUT/<stem>_<method>.npy (float32 map in [0, 1]) and print the top-5 "
         "classes. With --class C the files are OUT/<stem>_<method>_class<C's index>.png "
-        "and .npy, so they never replace the top-1 map's.",
+        "and .npy, so they never replace the top-1 map's. A file left in OUT by a run "
+        "with another model, weights, layer, method, scales, rule or class is not replaced "
+        "without --overwrite.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument(
@@ -43,9 +46,48 @@ def add_parser(subparsers) -> None:
     add_out_argument(parser)
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
+    add_run_control_arguments(parser)
     add_model_arguments(parser)
     add_scale_out_arguments(parser, batch_size=1, workers_help="image-decoding processes")
     parser.set_defaults(run=run)
+
+
+def add_run_control_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also take images in subfolders of a folder (default: top level only)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip images whose two files are already in OUT from a run with these settings "
+        "(default: explain every image)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in OUT left by a run with other settings (default: refuse)",
+    )
+
+
+def run_identity(args: argparse.Namespace, method, target: int | None) -> str:
+    """What makes this run's maps what they are (stored in each overlay; see ImageWriter)."""
+    scales = ",".join(map(str, args.scales)) if args.scales else "default"
+    weights = f" weights={args.weights}" if args.weights else ""
+    chosen = "top-1" if target is None else target
+    return (
+        f"model={args.model}{weights} layer={method.layer_name} method={method.name} "
+        f"scales={scales} rule={args.rule or 'default'} class={chosen}"
+    )
+
+
+def pending_tasks(tasks: list, writer: ImageWriter) -> list:
+    """--resume: the tasks whose outputs are not complete yet (one note for the rest)."""
+    pending = [task for task in tasks if not writer.complete(task)]
+    if len(pending) < len(tasks):
+        note(f"--resume: {len(tasks) - len(pending)} image(s) already done, skipped", error=True)
+    return pending
 
 
 def format_top5(pairs: list[tuple[int, float]], session) -> str:
@@ -65,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
     session = open_session(args)
     method = method_of(session, args.method)
     target = parse_class("--class", args.target, session)
-    images, failures = gather_images(args.paths, args.out)
-    writer = ImageWriter(args.out, method.name, images, target)
+    images, failures = gather_images(args.paths, args.out, args.recursive)
+    identity = run_identity(args, method, target)
+    writer = ImageWriter(args.out, method.name, images, target, identity, args.overwrite)
     tasks = image_tasks(images, writer.clashes)
+    if args.resume:
+        tasks = pending_tasks(tasks, writer)
     if ray_address is not None:
         from ..distributed import ExplainJob, explain_ray
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 
 from ..evaluation import DEFAULT_METHODS
 from ..images import ImageError
@@ -21,7 +22,13 @@ from ..metrics.sanity import (
     sanity_check,
     similarity_markdown,
 )
-from ..pipeline import OutputGuard, write_failure
+from ..run.outputs import (
+    OutputGuard,
+    append_lines,
+    complete_lines,
+    write_atomically,
+    write_failure,
+)
 from ..viz import sanity_figure, similarity_figure
 from .common import (
     add_model_arguments,
@@ -73,6 +80,12 @@ def add_parser(subparsers) -> None:
         help="randomise only the first N blocks from the logits down (default: all)",
     )
     parser.add_argument("--seed", type=int, default=0, help="randomisation seed (default: 0)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep sanity.csv's rows and skip the images it already holds (with their figure) "
+        "(default: start afresh)",
+    )
     add_out_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run)
@@ -94,61 +107,129 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         return 1
     inputs = OutputGuard(images)
-    table_path = args.out / "sanity.csv"
     for fixed in ("sanity.csv", "sanity_summary.md", "sanity_similarity.png"):
         if inputs.covers(args.out / fixed):
             raise usage_error(f"--out {args.out}: {fixed} would overwrite an input")
-    all_rows: list[dict] = []
-    total = len(images) * (len(steps) + 1) * len(factories)
-    progress = progress_bar(total=total, desc="sanity", unit="map")
-    with open(table_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_FIELDS)
-        writer.writeheader()
-        stems = output_stems(images, args.out, ["{stem}_sanity.png"])
-        for path, stem in zip(images, stems, strict=True):
-            figure_path = args.out / f"{stem}_sanity.png"
-            try:
-                refuse_overwrite(figure_path, inputs, path)
-                _, x = session.open(path)
-                result = sanity_check(
-                    session.model,
-                    x,
-                    factories,
-                    backend=session.backend,
-                    targets=None if target is None else [target],
-                    mode=args.mode,
-                    steps=steps,
-                    seed=args.seed,
-                    progress=lambda: progress.update(1),
-                )
-            except ImageError as error:
-                failures += 1
-                progress.update((len(steps) + 1) * len(factories))
-                note(f"error: {error}", error=True)
-                continue
-            rows = [
-                {**row, "image": str(path), "mode": args.mode}
-                | {m: round(row[m], 6) for m in SIMILARITIES}
-                for row in result.rows
-            ]
-            writer.writerows(rows)
-            handle.flush()
-            all_rows.extend(rows)
-            chosen = session.class_label(result.targets[0])
-            title = f"{path.name}: {chosen}, {args.mode} randomisation from the logits down"
-            try:
-                sanity_figure(result, session.pixels(x), figure_path, title=title)
-            except OSError as error:  # this image's failure; the others still run
-                failures += 1
-                note(f"error: {path}: {write_failure(error, figure_path)}", error=True)
-                continue
-            note(f"{path}: {chosen} -> {figure_path}", error=True)
+    table = SanityTable(args.out / "sanity.csv", args.resume)
+    progress = SanityProgress(len(images), len(steps) + 1, len(factories))
+    stems = output_stems(images, args.out, ["{stem}_sanity.png"])
+    for path, stem in zip(images, stems, strict=True):
+        figure_path = args.out / f"{stem}_sanity.png"
+        if args.resume and table.done(path) and figure_path.exists():
+            progress.skip(path)
+            continue
+        try:
+            failures += check_one(args, session, factories, steps, target, path, figure_path,
+                                  inputs, table, progress)  # fmt: skip
+        except ImageError as error:
+            failures += 1
+            progress.failed()
+            note(f"error: {error}", error=True)
     progress.close()
-    if all_rows:
+    if table.rows:
         labels = [s.label for s in steps]
-        means = mean_similarities(all_rows, list(factories), len(steps))
-        table = similarity_markdown(means, labels, args.mode, len({r["image"] for r in all_rows}))
-        (args.out / "sanity_summary.md").write_text(table + "\n")
+        means = mean_similarities(table.rows, list(factories), len(steps))
+        images_done = len({r["image"] for r in table.rows})
+        summary = similarity_markdown(means, labels, args.mode, images_done)
+        write_atomically({args.out / "sanity_summary.md": summary + "\n"})
         similarity_figure(means, labels, args.out / "sanity_similarity.png", args.mode)
-        print(table)
+        print(summary)
     return 1 if failures else 0
+
+
+def check_one(args, session, factories, steps, target, path, figure_path, inputs, table,
+              progress) -> int:  # fmt: skip
+    """One image: its rows go to the table at once, then its figure; returns 1 when the
+    figure could not be written (its rows are kept), else 0."""
+    refuse_overwrite(figure_path, inputs, path)
+    _, x = session.open(path)
+    progress.start(path)
+    result = sanity_check(
+        session.model,
+        x,
+        factories,
+        backend=session.backend,
+        targets=None if target is None else [target],
+        mode=args.mode,
+        steps=steps,
+        seed=args.seed,
+        progress=progress.map_done,
+    )
+    table.add(
+        [
+            {**row, "image": str(path), "mode": args.mode}
+            | {m: round(row[m], 6) for m in SIMILARITIES}
+            for row in result.rows
+        ]
+    )
+    chosen = session.class_label(result.targets[0])
+    title = f"{path.name}: {chosen}, {args.mode} randomisation from the logits down"
+    try:
+        sanity_figure(result, session.pixels(x), figure_path, title=title)
+    except OSError as error:  # this image's failure; the others still run
+        note(f"error: {path}: {write_failure(error, figure_path)}", error=True)
+        return 1
+    note(f"{path}: {chosen} -> {figure_path}", error=True)
+    return 0
+
+
+class SanityTable:
+    """sanity.csv: each image's rows appended as whole lines as soon as they are known.
+    A new run starts the file afresh; ``resume`` keeps the rows there (a torn last line
+    dropped), and ``done`` tells which images they cover."""
+
+    def __init__(self, path, resume: bool) -> None:
+        self.path = path
+        self.rows: list[dict] = []
+        if resume and path.exists():
+            for row in csv.DictReader(complete_lines(path)):
+                if None in row.values():
+                    continue  # a row cut short
+                row["step"] = int(row["step"])
+                self.rows.append(row | {m: float(row[m]) for m in SIMILARITIES})
+        else:
+            write_atomically({path: ",".join(CSV_FIELDS) + "\n"})
+
+    def done(self, image) -> bool:
+        return any(row["image"] == str(image) for row in self.rows)
+
+    def add(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, CSV_FIELDS, lineterminator="\n").writerows(rows)
+        append_lines(self.path, [buffer.getvalue()])
+        self.rows.extend(rows)
+
+
+class SanityProgress:
+    """A bar of maps on a terminal; elsewhere (a log, a pipe) a line per image and per
+    randomisation step, so a long run is never silent."""
+
+    def __init__(self, images: int, stages: int, methods: int) -> None:
+        self.stages, self.methods = stages, methods
+        self.bar = progress_bar(total=images * stages * methods, desc="sanity", unit="map")
+        self.lines = self.bar.disable
+        self.images, self.image, self.maps = images, 0, 0
+
+    def start(self, path) -> None:
+        self.image += 1
+        self.maps = 0
+        if self.lines:
+            note(f"sanity: image {self.image}/{self.images} {path}: {self.stages} steps",
+                 error=True)  # fmt: skip
+
+    def map_done(self) -> None:
+        self.bar.update(1)
+        self.maps += 1
+        if self.lines and self.maps % self.methods == 0:
+            note(f"  step {self.maps // self.methods}/{self.stages} done", error=True)
+
+    def skip(self, path) -> None:
+        self.image += 1
+        self.bar.update(self.stages * self.methods)
+        note(f"{path}: already in sanity.csv (--resume), skipped", error=True)
+
+    def failed(self) -> None:
+        self.bar.update(self.stages * self.methods - self.maps)
+
+    def close(self) -> None:
+        self.bar.close()

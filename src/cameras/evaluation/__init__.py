@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .loading import Item, RecordDataset, collate_items, load_item
+from .loading import Item, load_item
 from .scoring import (
     DEFAULT_METHODS,
     LOWER_IS_BETTER,
@@ -56,11 +56,9 @@ __all__ = [
     "EvalSettings",
     "Evaluator",
     "Item",
-    "RecordDataset",
     "ResultStore",
     "ResumeError",
     "Summary",
-    "collate_items",
     "load_item",
     "plot_curves",
     "settings_record",

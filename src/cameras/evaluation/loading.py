@@ -1,11 +1,11 @@
 """Evaluation, loading: one annotated record -> its model input, checked against the image.
 
-Runs in ``DataLoader`` worker processes; never raises for bad data (the item says why).
+Runs in the engine's loader processes (``run.engine``); never raises for bad data
+(the item says why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -41,22 +41,3 @@ def load_item(record: Record, prep) -> Item:
     if not checked.objects:
         return Item(checked, None, image.size, problems, f"{record.file}: no usable objects")
     return Item(checked, prep(image), image.size, problems)
-
-
-class RecordDataset(torch.utils.data.Dataset):
-    """``load_item`` over a list of records, for a ``DataLoader`` with worker processes."""
-
-    def __init__(self, records: Sequence[Record], prep) -> None:
-        self.records = list(records)
-        self.prep = prep
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> Item:
-        return load_item(self.records[index], self.prep)
-
-
-def collate_items(items: list[Item]) -> list[Item]:
-    """Keep a loader batch as a list: images differ in size."""
-    return items

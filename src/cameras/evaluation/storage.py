@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from ..run.outputs import append_lines, complete_lines, open_atomically, write_atomically
 from .scoring import METRICS, RESULT_FIELDS, EvalSettings
 from .statistics import Summary
 
@@ -19,7 +19,7 @@ CURVE_FIELDS = ["record", "class_index", "method", "kind", "values"]
 
 def write_summary(summaries: Sequence[Summary], path: Path) -> None:
     """summary.csv: method, metric, n, missing, mean, ci_low, ci_high."""
-    with open(path, "w", newline="") as handle:
+    with open_atomically(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "metric", "n", "missing", "mean", "ci_low", "ci_high"])
         for s in summaries:
@@ -74,12 +74,12 @@ class ResultStore:
                         f"now {settings.get(key)!r}"
                     )
             finished = self._repair()
-        self.run_path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        write_atomically({self.run_path: json.dumps(settings, indent=1, sort_keys=True) + "\n"})
         for path, header in ((self.results, RESULT_FIELDS), (self.curves_path, CURVE_FIELDS)):
             if not path.exists():
-                with open(path, "w", newline="") as handle:
-                    csv.writer(handle).writerow(header)
-        self.done_path.touch()
+                write_atomically({path: _csv_line(header)})
+        if not self.done_path.exists():
+            write_atomically({self.done_path: ""})
         return finished
 
     def _read_settings(self) -> dict:
@@ -90,12 +90,12 @@ class ResultStore:
 
     def _repair(self) -> set[str]:
         """Keep only complete lines of finished records (see the class docstring)."""
-        finished = set(_complete_lines(self.done_path))
+        finished = set(complete_lines(self.done_path))
         _rewrite(self.done_path, [k + "\n" for k in sorted(finished)])
         for path, header in ((self.results, RESULT_FIELDS), (self.curves_path, CURVE_FIELDS)):
             if not path.exists():
                 continue
-            lines = _complete_lines(path)
+            lines = complete_lines(path)
             kept = [lines[0] + "\n"] if lines else [",".join(header) + "\n"]
             for row in csv.DictReader(lines):
                 if row.get("record") in finished and None not in row.values():
@@ -114,12 +114,12 @@ class ResultStore:
             for kind in ("insertion", "deletion")
             if f"{kind}_curve" in r
         ]
-        _append(self.results, result_lines)
-        _append(self.curves_path, curve_lines)
-        _append(self.done_path, [key + "\n"])
+        append_lines(self.results, result_lines)
+        append_lines(self.curves_path, curve_lines)
+        append_lines(self.done_path, [key + "\n"])
 
     def problem(self, line: str) -> None:
-        _append(self.problems_path, [line.rstrip("\n") + "\n"])
+        append_lines(self.problems_path, [line.rstrip("\n") + "\n"])
 
     def rows(self) -> list[dict]:
         """All result rows on disk, metric columns as floats (None where empty)."""
@@ -162,32 +162,9 @@ def _csv_line(cells: Sequence[object]) -> str:
     return buffer.getvalue()
 
 
-def _append(path: Path, lines: Sequence[str]) -> None:
-    if not lines:
-        return
-    with open(path, "a", newline="") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _complete_lines(path: Path) -> list[str]:
-    """The file's lines without their newline, dropping a last line cut off mid-write."""
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.split("\n")
-    return [line for line in lines[:-1] if line]  # the part after the last "\n" is partial
-
-
 def _rewrite(path: Path, lines: Sequence[str]) -> None:
     """Replace a file atomically (a crash leaves either the old or the new file)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
-        handle.write("".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically({path: "".join(lines)})
 
 
 def settings_record(settings: EvalSettings, **extra) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import keras
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..models import imagenet_classes, is_keras_file  # noqa: F401 - re-exported
-from .network import KerasModelError
+from .network import KerasModelError, refuse_channels_first
 
 # keras.applications' preprocess_input modes, on 0-255 RGB pixels:
 #   torch: x / 255, then ImageNet mean / std per channel (DenseNet, ...)
@@ -118,17 +119,29 @@ def load_model(
     KerasPreprocess(1, preprocess)  # check the mode before the (slow) load
     if not path.is_file():
         raise KerasModelError(f"{path}: no such file")
+    if _cut_off_archive(path):  # Keras itself calls it "File not found"
+        raise KerasModelError(
+            f"{path}: damaged or truncated .keras file (not a complete zip archive)"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for bad files
         raise KerasModelError(_load_error(path, error)) from None
     if not isinstance(model, keras.Model):
         raise KerasModelError(f"{path}: holds a {type(model).__name__}, not a keras.Model")
+    refuse_channels_first(model, str(path))
     height, width = tuple(model.inputs[0].shape)[1:3] if model.inputs else (None, None)
     if size is None:
         size = min(height, width) if height and width else 224
     classes = imagenet_classes() if model.outputs and model.outputs[0].shape[-1] == 1000 else None
     return model, KerasPreprocess(size, preprocess), classes
+
+
+def _cut_off_archive(path: Path) -> bool:
+    """A .keras file that starts as a zip archive but does not end as one (cut off)."""
+    with path.open("rb") as handle:
+        starts_as_zip = handle.read(4) == b"PK\x03\x04"
+    return path.suffix.lower() == ".keras" and starts_as_zip and not zipfile.is_zipfile(path)
 
 
 def _load_error(path: Path, error: Exception) -> str:

@@ -46,6 +46,8 @@ def flexible_copy(model: keras.Model) -> keras.Model:
             f"model {model.name!r} takes {len(shape)}-D inputs {shape}; expected (B, H, W, C)"
         )
 
+    refuse_channels_first(model, f"model {model.name!r}")
+
     def copy_layer(layer: keras.Layer) -> keras.Layer:
         if isinstance(layer, keras.Model):  # a backbone inside the model: flexible too
             return flexible_copy(layer)
@@ -60,6 +62,23 @@ def flexible_copy(model: keras.Model) -> keras.Model:
         # A layer needs the size (Flatten then Dense): keep it; such a model runs at
         # its own size only, which single-scale methods can still use.
         return keras.models.clone_model(model)
+
+
+def refuse_channels_first(model: keras.Model, name: str) -> None:
+    """One line, starting with ``name`` (the file or the model), for a model with a
+    channels_first layer (Keras' own copy fails deep in clone_model): the maps are read
+    from (B, H, W, C) layer outputs."""
+    layers = list(model.layers)
+    while layers:
+        layer = layers.pop(0)  # in order: the first such layer is named
+        if isinstance(layer, keras.Model):
+            layers[:0] = layer.layers
+        elif getattr(layer, "data_format", None) == "channels_first":
+            raise KerasModelError(
+                f"{name}: layer {layer.name!r} is channels_first; cameras takes "
+                "channels_last Keras models (B, H, W, C): rebuild it with "
+                "data_format='channels_last'"
+            )
 
 
 def _is_softmax(activation: object) -> bool:

@@ -168,7 +168,9 @@ def check_batch(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
     if x.dim() == 3:
         x = x[None]
-    if x.dim() != 4 or x.shape[0] == 0:
+    if x.dim() == 4 and x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch {tuple(x.shape)}; pass at least one image")
+    if x.dim() != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")

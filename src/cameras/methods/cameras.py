@@ -46,7 +46,9 @@ def default_scales(shorter_side: int, largest: int = PAPER_SCALES[-1]) -> list[i
     the web page's quality presets stop elsewhere), scaled like the rest.
     """
     sizes = range(PAPER_SCALES[0], largest + 1, 100)
-    return [_round_half_up(shorter_side * s, PAPER_SCALES[0]) for s in sizes]
+    scaled = [_round_half_up(shorter_side * s, PAPER_SCALES[0]) for s in sizes]
+    # A tiny input rounds several sizes to one (1 px: 1, 1, 2, 2, ...): each runs once.
+    return sorted(set(scaled))
 
 
 def _round_half_up(numerator: int, denominator: int) -> int:
@@ -113,6 +115,8 @@ class CAMERAS(SaliencyMethod):
     ) -> None:
         super().__init__(model, layer, class_names, reshape_transform, backend)
         if scales is not None:
+            if any(s != int(s) for s in scales):  # 64.5 would run at 64, silently
+                raise ValueError(f"scales must be whole numbers of pixels, got {list(scales)}")
             scales = [int(s) for s in scales]
             if not scales or any(s < 1 for s in scales):
                 raise ValueError(f"scales must be positive sizes, got {scales}")

@@ -1,0 +1,15 @@
+"""Many images through one model: the scale-out engine and the explain and evaluate jobs.
+
+``engine`` streams tasks through load, compute and write (decoding in worker processes,
+writing in a thread); ``items`` is the plain picklable data the jobs pass around;
+``outputs`` names output files, refuses to overwrite inputs and writes every file
+atomically; ``render`` draws overlays (in a process of its own); ``jobs`` assembles the
+explain and evaluate jobs from those. This package may import the library (methods,
+images, budget, session, evaluation, viz) and the standard library, torch and NumPy; it
+never imports a face (``cameras.cli``, ``cameras.web``) or Ray (``cameras.distributed``
+imports it, not the other way round). Inside the package, ``items`` and ``engine``
+import nothing of it; ``outputs`` and ``render`` import ``items``; ``jobs`` imports all.
+``outputs`` (atomic writes, whole-line appends) is also the one writer the rest of the
+library uses (``viz``, ``evaluation.storage``, the CLI), so it imports no more than
+``images`` and ``items``.
+"""

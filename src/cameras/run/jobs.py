@@ -1,0 +1,244 @@
+"""The explain and evaluate jobs: their load and compute functions (run by the local
+engine or by Ray), the local runs end to end, and the driver's writing of their results.
+The evaluate job's maths is ``evaluation.Evaluator``; ``RecordScorer`` wraps it."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..budget import MemoryBudgetError
+from ..images import ImageError, load_image
+from ..methods import SaliencyMethod
+from ..session import top_classes
+from .engine import BackgroundWriter, same_size_batches, stream_local, worker_name
+from .items import DecodedImage, Explained, ImageResult, ImageTask, RenderedFiles, Scored
+from .outputs import ImageWriter
+from .render import RenderProcess, render_outputs
+
+
+def decode_image(task: ImageTask, prep: Callable[[Image.Image], torch.Tensor]) -> DecodedImage:
+    """Load: read and preprocess one image; an unreadable file becomes an error item."""
+    try:
+        image = load_image(task.path)
+    except ImageError as error:
+        return DecodedImage(task, None, None, str(error))
+    return DecodedImage(task, prep(image), np.asarray(image, dtype=np.uint8))
+
+
+class ImageExplainer:
+    """Compute for explain: ``results = ImageExplainer(method, target)(items)``.
+
+    method: a built saliency method (its model already on its device); target: a class
+    index for every image, or None for each image's top-1. Maps are computed for
+    same-size images together (batches of up to ``batch_size``) and kept at the model
+    input's size (``render_outputs`` resizes them); results are in item order, error
+    items passed through; an image over the memory budget is an error item.
+    """
+
+    def __init__(self, method: SaliencyMethod, target: int | None, batch_size: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.method = method
+        self.target = target
+        self.batch_size = batch_size
+
+    def __call__(self, items: Sequence[DecodedImage]) -> list[ImageResult]:
+        results: list[ImageResult | None] = [None] * len(items)
+        good = [p for p, item in enumerate(items) if item.error is None]
+        for p, item in enumerate(items):
+            if item.error is not None:
+                results[p] = ImageResult(item.task, None, error=item.error)
+        me = worker_name()
+        sizes = [tuple(items[p].x.shape) for p in good]
+        for batch in same_size_batches(sizes, self.batch_size):
+            members = [items[good[b]] for b in batch]
+            # torch.as_tensor: a Keras model's inputs and results are NumPy arrays.
+            x = torch.stack([torch.as_tensor(item.x) for item in members])
+            try:
+                explained = self.method(x, targets=self.target)
+            except MemoryBudgetError as error:  # over the budget: these images fail, not all
+                for b in batch:
+                    task = items[good[b]].task
+                    results[good[b]] = ImageResult(task, None, error=f"{task.path}: {error}")
+                continue
+            maps = torch.as_tensor(explained.maps)
+            for j, item in enumerate(members):
+                results[good[batch[j]]] = ImageResult(
+                    task=item.task,
+                    saliency=maps[j].float().cpu().numpy(),
+                    target=explained.targets[j],
+                    kept=[s.scale for s in explained.scales[j] if s.kept],
+                    top5=top_classes(explained.probabilities[j], 5),
+                    pixels=item.pixels,
+                    worker=me,
+                    warning=explained.scale_warnings[j],
+                )
+        return results  # type: ignore[return-value]
+
+
+class RecordScorer:
+    """Compute for evaluate: items -> [(item, rows)], one pair per item in item order.
+
+    evaluator: an ``evaluation.Evaluator`` (it batches same-size items itself); an item
+    that could not be loaded gets no rows (its ``error`` says why).
+    """
+
+    def __init__(self, evaluator) -> None:
+        self.evaluator = evaluator
+
+    def __call__(self, items: Sequence) -> list[tuple[object, list[dict]]]:
+        usable = [item for item in items if item.x is not None]
+        rows = self.evaluator(usable) if usable else []
+        by_record: dict[str, list[dict]] = {}
+        for row in rows:
+            by_record.setdefault(row["record"], []).append(row)
+        return [(item, by_record.get(item.record.key, [])) for item in items]
+
+
+def explain_local(
+    tasks: Sequence[ImageTask],
+    method: SaliencyMethod,
+    prep: Callable[[Image.Image], torch.Tensor],
+    target: int | None = None,
+    workers: int = 2,
+    batch_size: int = 1,
+) -> Iterator[Explained]:
+    """``(result, None)`` per task, in task order: decoding in ``workers`` background
+    processes, same-size images batched up to ``batch_size``. The files are rendered by
+    ``save_explanations`` (in its writer thread)."""
+    from functools import partial
+
+    load = partial(decode_image, prep=prep)
+    compute = ImageExplainer(method, target, batch_size)
+    for result in stream_local(tasks, load, compute, workers, batch_size):
+        yield result, None
+
+
+def save_explanations(
+    stream: Iterable[Explained],
+    writer: ImageWriter,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    report: Callable[[ImageResult, Path | None, str | None], None] | None = None,
+    background: bool = True,
+) -> int:
+    """The driver's side: write every result's files in input order while the engine
+    computes the next ones. Files the engine did not render (the local pipeline's) are
+    rendered in a separate process (``RenderProcess``) and written by a background
+    thread; with ``background=False`` everything happens here, one result at a time.
+
+    report(result, overlay path or None, error or None) is called once per result, in
+    order, from the writing thread. Returns how many inputs failed.
+    """
+    failures = 0
+
+    def write(pair) -> None:
+        nonlocal failures
+        result, files = pair
+        error, png = result.error, None
+        if error is None:
+            try:
+                if files is None:
+                    files = render_outputs(result, cmap, alpha)
+                elif not isinstance(files, RenderedFiles):  # a future: the render process
+                    files = renderer.files(result, files)
+                png = writer.write(result, files)
+            except (ImageError, OSError) as problem:
+                error = str(problem)
+            except MemoryError:
+                error = f"{result.task.path}: out of memory while rendering the overlay"
+        failures += error is not None
+        if report is not None:
+            report(result, png, error)
+
+    if not background:
+        for pair in stream:
+            write(pair)
+        return failures
+    renderer: RenderProcess | None = None
+    try:
+        with BackgroundWriter(write) as background_writer:
+            for result, files in stream:
+                if files is None and result.error is None and RenderProcess.takes(result):
+                    renderer = renderer or RenderProcess(cmap, alpha)
+                    files = renderer.submit(result)
+                background_writer.submit((result, files))
+    finally:
+        if renderer is not None:
+            renderer.close()
+    return failures
+
+
+def evaluate_local(
+    records: Sequence,
+    prep: Callable[[Image.Image], torch.Tensor],
+    evaluator,
+    workers: int = 2,
+    batch_size: int = 1,
+) -> Iterator[Scored]:
+    """``(item, rows)`` per record, in record order: loading in ``workers`` background
+    processes, windows of ``batch_size`` records scored together (same-size images share
+    forward passes; see ``evaluation.Evaluator``)."""
+    from functools import partial
+
+    from ..evaluation import load_item
+
+    yield from stream_local(
+        records, partial(load_item, prep=prep), RecordScorer(evaluator), workers, batch_size
+    )
+
+
+def unique_records(records: Sequence) -> list:
+    """The records without exact repeats (same file, same objects; the first kept), and
+    one warning naming how many were dropped: scored twice, a record would count twice
+    in every mean. The same file with other objects is another record and stays."""
+    seen: set = set()
+    unique, repeated = [], []
+    for record in records:
+        identity = (str(record.file), repr(record.objects))
+        (repeated if identity in seen else unique).append(record)
+        seen.add(identity)
+    if repeated:
+        warnings.warn(
+            f"{len(repeated)} duplicated record(s) scored once (first: {repeated[0].file})",
+            UserWarning,
+            stacklevel=2,
+        )
+    return unique
+
+
+def save_records(
+    stream: Iterable[Scored],
+    store,
+    report: Callable[[object, list[dict]], None] | None = None,
+) -> int:
+    """The driver's side of evaluate: each record's problems, then its rows, go to the
+    ``evaluation.ResultStore`` (which marks it done for ``--resume``), in record order, in
+    a background thread. report(item, rows) is called after each record is stored.
+    Returns how many records had problems or were skipped."""
+    failures = 0
+
+    def write(pair: Scored) -> None:
+        nonlocal failures
+        item, rows = pair
+        name = item.record.file
+        for problem in item.problems:
+            store.problem(f"{name}: {problem}")
+        if item.error is not None:
+            store.problem(f"{item.error} (record skipped)")
+        else:
+            store.add(item.record.key, rows)
+        failures += bool(item.problems) or item.error is not None
+        if report is not None:
+            report(item, rows)
+
+    with BackgroundWriter(write) as writer:
+        for pair in stream:
+            writer.submit(pair)
+    return failures
