@@ -46,3 +46,40 @@ def test_submodules_are_reachable_as_attributes():
     code = "import cameras; print(cameras.viz.comparison_figure.__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "comparison_figure", result.stderr
+
+
+def _modules_after_main(argv: list[str]) -> set[str]:
+    code = f"from cameras.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    return _modules_after(code)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], []])
+def test_top_level_help_and_version_load_no_torch_and_no_subcommand(argv):
+    loaded = _modules_after_main(argv)
+    assert "cameras.cli" in loaded
+    assert "torch" not in loaded
+    assert not {f"cameras.cli.{name}" for name in SUBCOMMAND_NAMES} & loaded
+
+
+def test_a_subcommand_imports_only_its_own_module():
+    loaded = _modules_after_main(["explain", "--help"])
+    assert "cameras.cli.explain" in loaded
+    others = {f"cameras.cli.{name}" for name in SUBCOMMAND_NAMES if name != "explain"}
+    assert not others & loaded
+    assert not {"cameras.attack", "cameras.evaluation", "gradio", "ray"} & loaded
+
+
+def test_top_level_help_lists_every_subcommand_with_its_own_summary(capsys):
+    from cameras.cli import SUBCOMMANDS, build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    full = build_parser()  # every module imported: their parsers carry the same lines
+    choices = full._subparsers._group_actions[0]._choices_actions
+    assert {a.dest: a.help for a in choices} == SUBCOMMANDS
+    for name, summary in SUBCOMMANDS.items():
+        assert f"{name} {summary}" in shown
+
+
+SUBCOMMAND_NAMES = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]

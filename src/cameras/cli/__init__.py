@@ -19,11 +19,19 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterable, Sequence
 
-from ..budget import MemoryBudgetError
-
-# One module per subcommand, in the order ``cameras --help`` lists them.
-SUBCOMMANDS = ["explain", "compare", "evaluate", "sanity", "attack", "serve"]
+# One module per subcommand, in the order ``cameras --help`` lists them, with the line
+# that list shows. A run imports only its own subcommand's module (which imports torch);
+# ``cameras --help`` and ``--version`` import none of them.
+SUBCOMMANDS = {
+    "explain": "write a saliency map and overlay for each image",
+    "compare": "one figure comparing methods, classes or models on an image",
+    "evaluate": "score saliency methods on images with bounding boxes",
+    "sanity": "model-parameter randomisation test of saliency methods",
+    "attack": "saliency-focused PGD towards the least-likely class, against plain PGD",
+    "serve": "start a web page: drop a photo, see its top-5 classes and saliency maps",
+}
 
 
 class UsageError(Exception):
@@ -66,7 +74,9 @@ def stop_signals_as_interrupts():
             signal.signal(s, handler)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, the subcommands not named in it are listed by
+    name and summary alone, without importing their modules."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -75,14 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cameras {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+    for name, summary in SUBCOMMANDS.items():
+        if only is None or name in only:
+            importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def chosen_subcommand(argv: Sequence[str]) -> list[str]:
+    """The subcommand ``argv`` runs (its first word that names one), as a list of at most
+    one name: the only module ``build_parser`` then needs to import."""
+    return [word for word in argv if word in SUBCOMMANDS][:1]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=chosen_subcommand(argv)).parse_args(argv)
+    from ..budget import MemoryBudgetError  # the subcommand's module has loaded torch
+
     received: list[int] = []
     try:
         check_environment()

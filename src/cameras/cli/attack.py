@@ -33,6 +33,7 @@ from ..run.outputs import (
     write_failure,
 )
 from ..viz import perturbation_figure, save_png
+from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -69,7 +70,7 @@ def parse_amount(text: str) -> float:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "attack",
-        help="saliency-focused PGD towards the least-likely class, against plain PGD",
+        help=SUBCOMMANDS["attack"],
         description="Targeted PGD (towards each image's least-likely class unless --target) "
         "minimising CE + beta * ||p * (1 - map)||_2, and plain PGD with the same settings. "
         "Per image it writes OUT/<stem>_adversarial_<method>.png (lossless 8-bit PNG at the "

@@ -18,6 +18,7 @@ from ..models import DEFAULT_MODEL
 from ..run.outputs import write_failure
 from ..session import Session
 from ..viz import Panel, comparison_figure, difference_map, save_figure
+from . import SUBCOMMANDS
 from .common import (
     add_device_argument,
     add_method_arguments,
@@ -38,7 +39,7 @@ _FORMATS = {".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff", ".webp"}
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="one figure comparing methods, classes or models on an image",
+        help=SUBCOMMANDS["compare"],
         description="Draw one figure: the photo, then one panel per method (columns) and per "
         "model x class (rows), titled with method, class and probability, with a shared colour "
         "bar. With exactly two classes, a third row per model shows map(class 1) - map(class "

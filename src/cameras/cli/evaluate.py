@@ -30,6 +30,7 @@ from ..evaluation import (
 from ..metrics.insertion import DEFAULT_STEPS
 from ..run.jobs import evaluate_local, save_records, unique_records
 from ..run.outputs import write_atomically
+from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -50,7 +51,7 @@ from .common import (
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score saliency methods on images with bounding boxes",
+        help=SUBCOMMANDS["evaluate"],
         description="Score saliency methods on annotated images: pointing game, energy "
         "pointing game, map density (rho_plus, rho_minus), insertion and deletion. DATA is "
         "a JSON list of {file, objects: [{class_index, boxes}]}, a COCO instances JSON, or "

@@ -6,6 +6,7 @@ import argparse
 
 from ..run.jobs import explain_local, save_explanations
 from ..run.outputs import ImageWriter, image_tasks
+from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -28,7 +29,7 @@ from .common import (
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "explain",
-        help="write a saliency map and overlay for each image",
+        help=SUBCOMMANDS["explain"],
         description="For each image write OUT/<stem>_<method>.png (overlay at the image's "
         "size) and OUT/<stem>_<method>.npy (float32 map in [0, 1]) and print the top-5 "
         "classes. With --class C the files are OUT/<stem>_<method>_class<C's index>.png "

@@ -30,6 +30,7 @@ from ..run.outputs import (
     write_failure,
 )
 from ..viz import sanity_figure, similarity_figure
+from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
     add_out_argument,
@@ -53,7 +54,7 @@ CSV_FIELDS = ["image", "method", "mode", "step", "label", *SIMILARITIES]
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sanity",
-        help="model-parameter randomisation test of saliency methods",
+        help=SUBCOMMANDS["sanity"],
         description="Randomise the model's weights block by block from the logits down (on "
         "a copy) and measure how far each method's map moves from the trained model's "
         "(Spearman rank correlation with and without absolute values, SSIM, HOG).",

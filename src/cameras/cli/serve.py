@@ -8,13 +8,14 @@ import os
 import socket
 import sys
 
+from . import SUBCOMMANDS
 from .common import add_model_arguments, open_session, usage_error
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="start a web page: drop a photo, see its top-5 classes and saliency maps",
+        help=SUBCOMMANDS["serve"],
         description="Start the web page (Gradio) on http://HOST:PORT. Only this machine can "
         "reach it unless --host says otherwise. Needs the 'web' extra (gradio).",
     )
