@@ -14,9 +14,12 @@ import torch
 
 from ..methods import cameras as _cameras
 from ..methods import gradcam as _gradcam
+from ..methods import more as _more
 from ..methods.base import SaliencyMethod, Targets, check_finite
 from .capture import KerasCapture
 from .network import network_for
+
+_TORCH_ONLY = ("fullgrad", "cam")
 
 
 class KerasBackend:
@@ -106,6 +109,17 @@ class HiResCAM(KerasBackend, _gradcam.HiResCAM):
     """HiResCAM for a Keras model (see ``cameras.HiResCAM``)."""
 
 
+def _keras_twin(cls: type[SaliencyMethod]) -> type[SaliencyMethod]:
+    """The Keras version of a single-layer method (the shared maths, this backend)."""
+    doc = f"{cls.__name__} for a Keras model (see ``cameras.methods.more.{cls.__name__}``)."
+    return type(cls.__name__, (KerasBackend, cls), {"__doc__": doc, "__module__": __name__})
+
+
+# FullGrad (every bias gradient) and CAM (the head's weights) read the PyTorch model itself
+# and are not offered here; given a Keras model they refuse in one line.
+MORE_METHODS = [_keras_twin(cls) for cls in _more.MORE_METHODS if cls.name not in _TORCH_ONLY]
+
 METHODS: dict[str, type[SaliencyMethod]] = {
-    cls.name: cls for cls in (CAMERAS, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM)
+    cls.name: cls
+    for cls in (CAMERAS, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, *MORE_METHODS)
 }

@@ -3,8 +3,9 @@
 For a model that ends in global average pooling and one linear layer, the map of class
 k is ReLU(sum_c W[k, c] A_c) over the last feature map A. The head is found by name:
 ``classifier`` (torchvision EfficientNet / VGG-style, this package's EfficientNet-Lite),
-``fc`` (torchvision ResNet), ``head`` or ``head.fc`` (timm); the layer (automatic by
-default) must have as many channels as the head has inputs.
+``fc`` (torchvision ResNet), ``head`` or ``head.fc`` (timm), also one level or more
+down (``backbone.fc``); the layer (automatic by default) must have as many channels as
+the head has inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def linear_head(model: nn.Module) -> nn.Linear:
     modules = dict(model.named_modules())
     for name in HEAD_NAMES:
         if isinstance(modules.get(name), nn.Linear):
+            return modules[name]
+    # A wrapped model (``backbone.fc``): the last linear layer under one of those names.
+    for name in reversed(list(modules)):
+        if isinstance(modules[name], nn.Linear) and name.rsplit(".", 1)[-1] in HEAD_NAMES:
             return modules[name]
     raise ValueError(
         "cam needs a model ending in global pooling and one linear layer named "

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..budget import check_call, method_pass_cost, nominal_side
-from ..capture import dtype_errors, eval_mode, logits_of, model_input, widened
+from ..capture import dtype_errors, eval_mode, logits_of, model_input, resolve_layer, widened
 from ..classes import check_indices
 from .base import SaliencyMethod, scale_records
 
@@ -132,6 +132,8 @@ class FullGrad(SaliencyMethod):
             )
         if not bias_layers(model):
             raise ValueError("fullgrad needs Conv2d or BatchNorm2d layers with a bias; none found")
+        if layer is not None:
+            resolve_layer(model, layer)  # a misspelt name is still an error, as elsewhere
         return "all bias layers", model
 
     def _open_capture(self) -> FullGradCapture:
