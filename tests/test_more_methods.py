@@ -15,7 +15,15 @@ import pytorch_grad_cam as pgc
 import timm
 import torch
 import torchvision
-from pytorch_grad_cam import eigen_cam, eigen_grad_cam, grad_cam_elementwise, kpca_cam
+from pytorch_grad_cam import (
+    base_cam,
+    eigen_cam,
+    eigen_grad_cam,
+    grad_cam_elementwise,
+    hirescam,
+    kpca_cam,
+    layer_cam,
+)
 from pytorch_grad_cam.ablation_layer import AblationLayerVit
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import (
@@ -156,7 +164,7 @@ def our_choices(monkeypatch):
     """pytorch-grad-cam with our documented choices: half-pixel bilinear Score-CAM masks, a
     principal component's sign fixed by its largest magnitude, kernel PCA in float64."""
     monkeypatch.setattr(torch.nn, "UpsamplingBilinear2d", _half_pixel_upsampling)
-    for module in (eigen_cam, eigen_grad_cam, grad_cam_elementwise):
+    for module in (base_cam, eigen_cam, eigen_grad_cam, grad_cam_elementwise, hirescam, layer_cam):
         monkeypatch.setattr(module, "get_2d_projection", get_2d_projection_with_sign_correction)
     monkeypatch.setattr(kpca_cam, "get_2d_projection_kernel", _kernel_projection_in_float64)
 
@@ -192,6 +200,22 @@ CASES = {
         _score_cam,
         {"eigen_smooth": True},
     ),
+    # The smoothing options of the five gradient baselines.
+    **{
+        f"{cls.name}-{option}": (
+            lambda m, layer, cls=cls, option=option: cls(m, layer=layer, **{option: True}),
+            lambda m, layers, t, theirs=theirs: theirs(m, layers, t),
+            {option: True},
+        )
+        for cls, theirs in [
+            (cameras.GradCAM, pgc.GradCAM),
+            (cameras.GradCAMPlusPlus, pgc.GradCAMPlusPlus),
+            (cameras.XGradCAM, pgc.XGradCAM),
+            (cameras.LayerCAM, pgc.LayerCAM),
+            (cameras.HiResCAM, pgc.HiResCAM),
+        ]
+        for option in ("eigen_smooth", "aug_smooth")
+    },
     "kpcacam": (lambda m, layer: KPCACAM(m, layer=layer), pgc.KPCA_CAM, {}),
     "kpcacam-rbf": (
         lambda m, layer: KPCACAM(m, layer=layer, kernel="rbf", gamma=0.01),

@@ -27,7 +27,7 @@ class EigenCAM(SmoothableCAM):
     name = "eigencam"
     eigen_smoothable = False
 
-    def layer_map(self, capture, x, step, targets):
+    def grid_map(self, capture, x, step, targets):
         return first_component(step.activations)
 
 
@@ -37,7 +37,7 @@ class EigenGradCAM(SmoothableCAM):
     name = "eigengradcam"
     eigen_smoothable = False
 
-    def layer_map(self, capture, x, step, targets):
+    def grid_map(self, capture, x, step, targets):
         return first_component(step.gradients * step.activations)
 
 
@@ -71,7 +71,7 @@ class KPCACAM(SmoothableCAM):
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
         self.kernel, self.gamma = kernel, gamma
 
-    def layer_map(self, capture, x, step, targets):
+    def grid_map(self, capture, x, step, targets):
         activations = step.activations
         batch, channels, height, width = activations.shape
         points = activations.nan_to_num(0).double().flatten(2).transpose(1, 2)

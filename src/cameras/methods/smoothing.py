@@ -49,7 +49,7 @@ class SmoothableCAM(SaliencyMethod):
     """A single-layer method at the input's own size with ``aug_smooth`` and, for the
     methods whose map is a sum over channels, ``eigen_smooth``.
 
-    Subclasses give ``layer_map(capture, x, step, targets) -> (B, h, w)`` (before the
+    Subclasses give ``grid_map(capture, x, step, targets) -> (B, h, w)`` (before the
     ReLU), usually through ``weighted_activations``.
     """
 
@@ -77,7 +77,7 @@ class SmoothableCAM(SaliencyMethod):
         """(B, C, h, w) weighted activations whose sum over channels is the map."""
         raise NotImplementedError
 
-    def layer_map(self, capture, x, step, targets) -> torch.Tensor:
+    def grid_map(self, capture, x, step, targets) -> torch.Tensor:
         weighted = self.weighted_activations(capture, x, step, targets)
         return first_component(weighted) if self.eigen_smooth else weighted.sum(1)
 
@@ -105,7 +105,7 @@ class SmoothableCAM(SaliencyMethod):
     def _explain_once(self, capture, x: torch.Tensor, targets: torch.Tensor | None):
         self.check_budget(x)
         step, used = capture.run(x, top1_of if targets is None else targets)
-        low = self.layer_map(capture, x, step, used).clamp(min=0)
+        low = self.grid_map(capture, x, step, used).clamp(min=0)
         # A token grid padded to whole patches spans more than the input (fusion.resize_grid).
         maps = resize_grid(low, tuple(x.shape[2:]), getattr(step, "covered", None))
         keep = torch.ones_like(used, dtype=torch.bool)
