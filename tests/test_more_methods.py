@@ -421,3 +421,28 @@ def test_progress_bar_only_when_asked(networks, capsys):
     assert "scorecam" not in capsys.readouterr().err
     ScoreCAM(networks("cnn"), layer="features", progress=True)(x, targets=3)
     assert "scorecam" in capsys.readouterr().err
+
+
+def test_ablation_runs_the_layers_before_the_explained_one_once_per_batch(networks):
+    # The masks widen the batch at the layer: the first convolution sees one image per
+    # batch of passes, the head sees the whole batch, and the map is the same as with the
+    # image repeated (the fallback).
+    model = networks("cnn")
+    front, head = [], []
+    handles = [
+        model.features[0].register_forward_pre_hook(lambda _m, i: front.append(len(i[0]))),
+        model.fc.register_forward_pre_hook(lambda _m, i: head.append(len(i[0]))),
+    ]
+    method = AblationCAM(model, layer="features.5", batch_size=10)
+    x = _batch("cnn")[:1]
+    try:
+        widened = method(x, targets=3).maps
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert front == [1, 1, 1, 1] and head == [1, 1, 10, 6]  # probe, capture, 16 channels
+    repeated = AblationCAM(model, layer="features.5", batch_size=10)
+    repeated._ablated_scores = lambda capture, image, mask: capture.scores(
+        image.expand(mask.shape[0], -1, -1, -1), mask
+    )
+    torch.testing.assert_close(widened, repeated(x, targets=3).maps, atol=1e-5, rtol=0)

@@ -3,10 +3,11 @@
 Both weigh the layer's channels by what the class score does when the input (Score-CAM)
 or the layer (Ablation-CAM) is changed one channel at a time, so an image costs one
 forward and backward pass plus C forward passes (C channels: 1280 for EfficientNet-Lite0's
-``bn2``). The passes are batched (``batch_size`` per forward), checked against the
-memory budget for that batch (``cameras.budget``), shown with a progress bar on a
-terminal when there are many (``progress``), and a KeyboardInterrupt stops the call with
-the model as it was (the capture's with-block puts hooks and flags back).
+``bn2``); Ablation-CAM runs the layers before the explained one once per batch of passes.
+The passes are batched (``batch_size`` per forward), checked against the memory budget
+for that batch (``cameras.budget``), shown with a progress bar on a terminal when there
+are many (``progress``), and a KeyboardInterrupt stops the call with the model as it was
+(the capture's with-block puts hooks and flags back).
 """
 
 from __future__ import annotations
@@ -123,7 +124,25 @@ class AblationCAM(_PerturbationCAM):
             count = last - first
             mask = torch.ones(count, channels)
             mask[torch.arange(count), torch.arange(first, last)] = 0
-            logits = capture.scores(x[b : b + 1].expand(count, -1, -1, -1), mask)
+            logits = self._ablated_scores(capture, x[b : b + 1], mask)
             ablated[b, first:last] = logits[:, int(targets[b])].cpu()
         weights = (original[:, None] - ablated) / original[:, None]
         return weights.to(activations.device)[:, :, None, None] * activations
+
+    @staticmethod
+    def _ablated_scores(capture, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(count, K) scores of one image with the mask's rows applied at the layer.
+
+        The layers before the explained one see the same image in every pass, so they run
+        once: the (1, C, h, w) output times the (count, C) mask is the batch the rest of the
+        network gets. A model that cannot widen its batch there (a tensor of the first
+        batch size crossing the layer, say) gets the image repeated instead.
+        """
+        count = mask.shape[0]
+        try:
+            logits = capture.scores(image, mask)
+            if logits.shape[0] == count:
+                return logits
+        except RuntimeError:
+            pass
+        return capture.scores(image.expand(count, -1, -1, -1), mask)
