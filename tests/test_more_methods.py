@@ -446,3 +446,14 @@ def test_ablation_runs_the_layers_before_the_explained_one_once_per_batch(networ
         image.expand(mask.shape[0], -1, -1, -1), mask
     )
     torch.testing.assert_close(widened, repeated(x, targets=3).maps, atol=1e-5, rtol=0)
+
+
+def test_compare_lists_the_new_methods(capsys):
+    from cameras.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    for name in ["scorecam", "ablationcam", "eigencam", "eigengradcam", "gradcam-elementwise"]:
+        assert name in listed
+    assert "kpcacam, fullgrad, cam" in listed
