@@ -91,6 +91,8 @@ def test_a_bad_layer(name):
     before = model_state(model)
     with pytest.raises(ValueError, match="layer 'body.featurez' is not a module"):
         build(name, model, layer="body.featurez")
+    if name == "fullgrad":  # it reads every bias layer, not the one named: no call error
+        return
     # A layer that exists but has no spatial output fails inside the call, hooks attached.
     with pytest.raises(ValueError, match=r"layer 'body.fc' gives a \(1, 5\) output"):
         build(name, model, layer="body.fc")(torch.randn(1, 3, 32, 32))

@@ -328,6 +328,7 @@ class LayerCapture:
         self._sizes_run: list[tuple[int, int]] = []
         self._stack: contextlib.ExitStack | None = None
         self._thread: int | None = None  # the thread whose forward passes are recorded
+        self._channel_mask: torch.Tensor | None = None
 
     def __enter__(self) -> LayerCapture:
         stack = contextlib.ExitStack()
@@ -358,6 +359,8 @@ class LayerCapture:
                 f"layer {self.layer_name!r} returned {type(output).__name__}; pick a layer "
                 "whose output is a tensor"
             )
+        if self._channel_mask is not None:  # a scores-only pass (``scores``): no graph
+            return output * self._mask_shape(self._channel_mask, output)
         # From here on the network builds a graph, rooted at a leaf that holds the
         # layer's output: the backward pass then ends here. The no_grad() block that
         # ``run`` opened restores the grad mode when the forward pass returns.
@@ -459,3 +462,27 @@ class LayerCapture:
         if size not in self._sizes_run:
             self._sizes_run.append(size)
         return output
+
+    def scores(self, x: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) class scores of ``x``: one forward pass, no gradient (float32).
+
+        channel_mask: (B, C) factors for the layer's channels on the way through (0 removes
+        a channel: Ablation-CAM); None leaves the layer's output as it is.
+        """
+        if self._stack is None:
+            raise RuntimeError("LayerCapture.scores must be called inside its with-block")
+        x = model_input(x, self.model)
+        ones = torch.ones(x.shape[0], 1, device=x.device, dtype=x.dtype)
+        self._channel_mask = ones if channel_mask is None else channel_mask.to(x.device, x.dtype)
+        try:
+            with torch.no_grad(), dtype_errors(self.model):
+                return widened(logits_of(self._forward(x)).detach())
+        finally:
+            self._channel_mask = None
+
+    def _mask_shape(self, mask: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        # The channel axis of the layer's own output: 1 for a CNN's (B, C, h, w), last for
+        # tokens (B, N, C) and channel-last stages (B, h, w, C).
+        if output.dim() == 4 and not (self.family is not None and self.family.channels_last):
+            return mask[:, :, None, None]
+        return mask.reshape(mask.shape[0], *[1] * (output.dim() - 2), mask.shape[1])

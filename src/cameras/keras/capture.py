@@ -61,6 +61,7 @@ class KerasCapture:
         self._outputs: list[tf.Tensor] = []
         self._tape: tf.GradientTape | None = None
         self._stack: contextlib.ExitStack | None = None
+        self._channel_mask: tf.Tensor | None = None
 
     def __enter__(self) -> KerasCapture:
         self.network.sync_weights()
@@ -79,6 +80,11 @@ class KerasCapture:
     def _record(self, _name: str, call: Callable) -> Callable:
         def recording_call(*args, **kwargs):
             output = call(*args, **kwargs)
+            if self._channel_mask is not None:  # a scores-only pass (``scores``): no tape
+                mask = tf.cast(self._channel_mask, output.dtype)
+                # (B, C) -> (B, 1, ..., 1, C): a Keras layer's channels are its last axis.
+                shape = [mask.shape[0]] + [1] * (output.shape.rank - 2) + [mask.shape[1]]
+                return output * tf.reshape(mask, shape)
             self._outputs.append(output)
             if self._tape is None and tf.is_tensor(output):
                 # From here on operations are taped, rooted at the layer's output.
@@ -161,3 +167,18 @@ class KerasCapture:
                 "map needs (B, h, w, C): pick a convolutional layer or pass reshape_transform"
             )
         return values.contiguous()
+
+    def scores(self, x: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) class scores of ``x`` (B, C, h, w): one forward pass, no tape (float32,
+        CPU). channel_mask: (B, C) factors for the layer's channels (its last axis) on the
+        way through; None leaves the layer's output as it is."""
+        if self._stack is None:
+            raise RuntimeError("KerasCapture.scores must be called inside its with-block")
+        images = tf.convert_to_tensor(x.detach().cpu().permute(0, 2, 3, 1).numpy())
+        mask = torch.ones(x.shape[0], 1) if channel_mask is None else channel_mask.cpu()
+        self._channel_mask = tf.constant(mask.float().numpy())
+        try:
+            output = self.network.copy(images, training=False)
+        finally:
+            self._channel_mask = None
+        return torch.from_numpy(np.array(scores_of(output), dtype=np.float32))

@@ -32,7 +32,12 @@ def _keras_method(name: str) -> Callable[..., SaliencyMethod]:
     return build
 
 
-METHODS: dict[str, Callable[..., SaliencyMethod]] = {name: _keras_method(name) for name in _METHODS}
+# FullGrad (every bias gradient) and CAM (the head's weights) read the PyTorch model
+# itself: not offered here, and given a Keras model they refuse in one line.
+_TORCH_ONLY = ("fullgrad", "cam")
+METHODS: dict[str, Callable[..., SaliencyMethod]] = {
+    name: _keras_method(name) for name in _METHODS if name not in _TORCH_ONLY
+}
 CAMERAS = METHODS["cameras"]
 GradCAM = METHODS["gradcam"]
 GradCAMPlusPlus = METHODS["gradcam++"]

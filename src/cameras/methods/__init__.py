@@ -9,10 +9,12 @@ from torch import nn
 from .base import Explanation, SaliencyMethod, ScaleRecord
 from .cameras import CAMERAS, default_scales
 from .gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from .more import MORE_METHODS
 
 METHODS: dict[str, type[SaliencyMethod]] = {
     cls.name: cls for cls in (CAMERAS, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM)
 }
+METHODS.update({cls.name: cls for cls in MORE_METHODS})
 
 
 def check_method_names(names: Sequence[str]) -> list[str]:

@@ -128,7 +128,7 @@ class SaliencyMethod:
         with autograd_enabled():
             x, source = backend.input_batch(x)
             wanted = self._check_targets(targets, x.shape[0])
-            with backend.capture(self.layer, self.reshape_transform) as capture:
+            with self._open_capture() as capture:
                 maps, used, scales, probabilities = self._explain(capture, x, wanted)
             return Explanation(
                 maps=backend.output(normalise_maps(maps.float()), source),
@@ -147,6 +147,12 @@ class SaliencyMethod:
         if self._pass_cost is None:
             self._pass_cost = self.backend.pass_cost(self.layer, x)
         return self._pass_cost
+
+    def _open_capture(self):
+        """The with-block object whose ``run`` gives each pass's scores, layer output and
+        gradient: the backend's capture of the layer (a method that reads more of the
+        model, such as FullGrad, opens its own)."""
+        return self.backend.capture(self.layer, self.reshape_transform)
 
     def _explain(
         self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None

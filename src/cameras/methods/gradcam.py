@@ -1,41 +1,37 @@
 """Single-scale CAM baselines: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM.
 
 Each one turns the layer's activations A and gradients G (B, C, h, w), at the input's
-own size, into a (B, h, w) map; the base class upsamples it (bilinear) to the input
-size. The formulas follow the papers as pytorch-grad-cam implements them, which the
-tests check against.
+own size, into weighted activations (B, C, h, w) whose sum over channels (or, with
+``eigen_smooth``, first principal component) is the (B, h, w) map, upsampled (bilinear)
+to the input size; ``aug_smooth`` averages six augmented inputs (``smoothing``). The
+formulas follow the papers as pytorch-grad-cam implements them, which the tests check
+against.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..budget import check_call, nominal_side
-from ..capture import LayerCapture
-from ..fusion import resize_grid
-from .base import SaliencyMethod, scale_records, top1_of
+from .smoothing import SmoothableCAM
 
 
-class _SingleScaleCAM(SaliencyMethod):
-    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) activations and gradients -> (B, h, w) map before ReLU."""
+class _SingleScaleCAM(SmoothableCAM):
+    """Options ``aug_smooth`` and ``eigen_smooth`` as in ``smoothing.SmoothableCAM``."""
+
+    def weighted(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) activations and gradients -> (B, C, h, w) weighted activations."""
         raise NotImplementedError
 
-    def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
-        cost = self.pass_cost(x)  # one pass at the input's size: within the budget?
-        if cost is not None:
-            check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], batch=1)
-        step, used = capture.run(x, top1_of if targets is None else targets)
-        low = self.layer_map(step.activations, step.gradients).clamp(min=0)
-        # A token grid padded to whole patches spans more than the input (fusion.resize_grid).
-        maps = resize_grid(low, tuple(x.shape[2:]), getattr(step, "covered", None))
-        keep = torch.ones_like(used, dtype=torch.bool)
-        records = scale_records(step.logits, min(x.shape[2:]), tuple(x.shape[2:]), keep)
-        return maps, used, [[r] for r in records], torch.softmax(step.logits.float(), 1)
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) activations and gradients -> (B, h, w) map before ReLU."""
+        return self.weighted(activations, gradients).sum(1)
+
+    def weighted_activations(self, capture, x, step, targets):
+        return self.weighted(step.activations, step.gradients)
 
 
-def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("bc,bchw->bhw", weights, activations)
+def _weighted(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    return weights[:, :, None, None] * activations  # summed over channels by layer_map
 
 
 class GradCAM(_SingleScaleCAM):
@@ -43,8 +39,8 @@ class GradCAM(_SingleScaleCAM):
 
     name = "gradcam"
 
-    def layer_map(self, activations, gradients):
-        return _weighted_sum(gradients.mean((2, 3)), activations)
+    def weighted(self, activations, gradients):
+        return _weighted(gradients.mean((2, 3)), activations)
 
 
 class GradCAMPlusPlus(_SingleScaleCAM):
@@ -52,14 +48,14 @@ class GradCAMPlusPlus(_SingleScaleCAM):
 
     name = "gradcam++"
 
-    def layer_map(self, activations, gradients):
+    def weighted(self, activations, gradients):
         g2 = gradients.pow(2)
         g3 = g2 * gradients
         sum_activations = activations.sum((2, 3), keepdim=True)
         alpha = g2 / (2 * g2 + sum_activations * g3 + 1e-6)
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
         weights = (gradients.clamp(min=0) * alpha).sum((2, 3))
-        return _weighted_sum(weights, activations)
+        return _weighted(weights, activations)
 
 
 class XGradCAM(_SingleScaleCAM):
@@ -67,10 +63,10 @@ class XGradCAM(_SingleScaleCAM):
 
     name = "xgradcam"
 
-    def layer_map(self, activations, gradients):
+    def weighted(self, activations, gradients):
         sum_activations = activations.sum((2, 3), keepdim=True)
         weights = (gradients * activations / (sum_activations + 1e-7)).sum((2, 3))
-        return _weighted_sum(weights, activations)
+        return _weighted(weights, activations)
 
 
 class LayerCAM(_SingleScaleCAM):
@@ -78,8 +74,8 @@ class LayerCAM(_SingleScaleCAM):
 
     name = "layercam"
 
-    def layer_map(self, activations, gradients):
-        return (gradients.clamp(min=0) * activations).sum(1)
+    def weighted(self, activations, gradients):
+        return gradients.clamp(min=0) * activations
 
 
 class HiResCAM(_SingleScaleCAM):
@@ -87,5 +83,5 @@ class HiResCAM(_SingleScaleCAM):
 
     name = "hirescam"
 
-    def layer_map(self, activations, gradients):
-        return (gradients * activations).sum(1)
+    def weighted(self, activations, gradients):
+        return gradients * activations

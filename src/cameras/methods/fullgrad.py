@@ -1,0 +1,152 @@
+"""FullGrad (Srinivas & Fleuret 2019): input gradients plus every bias's gradient, as
+pytorch-grad-cam computes it.
+
+map = sum over the input's channels of N(|x * dy/dx|) + sum over bias layers l and
+their channels c of N(|b_lc * dy/dz_lc|), resized to the input, where N min-max
+normalises one (h, w) channel, z_l is a layer's output and b_l its bias (for BatchNorm
+the bias of the equivalent affine map, beta - mean * gamma / sqrt(var + eps)). The bias
+layers are every ``Conv2d`` and ``BatchNorm2d`` with a bias; ``layer`` is ignored.
+
+One difference from pytorch-grad-cam: it takes exactly those two types, so it skips the
+BatchNorm-plus-activation modules of timm and of this package's EfficientNet-Lite
+(``BatchNormAct2d``, a BatchNorm2d subclass; on the default model it would see no bias
+at all). Here subclasses count too, with the gradient taken at the BatchNorm's output,
+before the module's own ``act`` child.
+
+It needs the gradient at every bias layer, so it runs a full backward pass on PyTorch
+models only (a Keras model is refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..budget import check_call, nominal_side
+from ..capture import dtype_errors, eval_mode, logits_of, model_input, widened
+from ..classes import check_indices
+from .base import SaliencyMethod, scale_records
+
+BIAS_LAYERS = (nn.Conv2d, nn.BatchNorm2d)
+
+
+def layer_bias(layer: nn.Module) -> torch.Tensor:
+    """The bias added per channel by a Conv2d or (in eval mode) a BatchNorm2d."""
+    if isinstance(layer, nn.BatchNorm2d):
+        scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+        return (layer.bias - layer.running_mean * scale).detach()
+    return layer.bias.detach()
+
+
+def channel_normalised(values: torch.Tensor) -> torch.Tensor:
+    """Each (h, w) channel of (B, C, h, w) min-max normalised (pytorch-grad-cam's 1e-7)."""
+    low = values.amin((2, 3), keepdim=True)
+    values = values - low
+    return values / (values.amax((2, 3), keepdim=True) + 1e-7)
+
+
+def bias_layers(model: nn.Module) -> list[nn.Module]:
+    """Every Conv2d and BatchNorm2d (subclasses included) of ``model`` that adds a bias."""
+    return [m for m in model.modules() if isinstance(m, BIAS_LAYERS) and m.bias is not None]
+
+
+class FullGradCapture:
+    """The with-block of one FullGrad call: eval mode, and a hook on every bias layer that
+    keeps its output (and gives the network a copy, safe from in-place ops)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers = bias_layers(model)
+        self.outputs: list[torch.Tensor] = []
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> FullGradCapture:
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(eval_mode(self.model))
+            for layer in self.layers:
+                stack.callback(self._hook(layer).remove)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.outputs.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def _hook(self, layer: nn.Module):
+        act = getattr(layer, "act", None)
+        if isinstance(layer, nn.BatchNorm2d) and isinstance(act, nn.Module):
+            # BatchNorm + activation in one module: the BatchNorm's output is the act's input.
+            return act.register_forward_pre_hook(lambda _m, inputs: (self._keep(inputs[0]),))
+        return layer.register_forward_hook(lambda _m, _inputs, output: self._keep(output))
+
+    def _keep(self, output: torch.Tensor) -> torch.Tensor:
+        self.outputs.append(output)
+        return output.clone()
+
+    def run(self, x: torch.Tensor, targets):
+        """(terms (B, H, W) before the last normalisation, logits, targets used)."""
+        self.outputs = []
+        x = model_input(x, self.model).detach().requires_grad_(True)
+        with dtype_errors(self.model):
+            logits = logits_of(self.model(x))
+            targets = (targets(logits.detach()) if callable(targets) else targets).to(logits.device)
+            check_indices(targets, logits.shape[1])
+            score = logits.gather(1, targets[:, None]).sum()
+            if len(self.outputs) != len(self.layers):
+                raise RuntimeError(
+                    "fullgrad: a bias layer ran more than once in one forward pass (a shared "
+                    "module); its bias gradient is ambiguous"
+                )
+            grads = torch.autograd.grad(score, [x, *self.outputs])
+        self.outputs = []
+        size = tuple(x.shape[2:])
+        total = channel_normalised(widened((grads[0] * x).detach()).abs()).sum(1)
+        for layer, grad in zip(self.layers, grads[1:], strict=True):
+            bias = widened(layer_bias(layer))[None, :, None, None]
+            terms = channel_normalised((bias * widened(grad)).abs()).sum(1, keepdim=True)
+            total = total + F.interpolate(terms, size=size, mode="bilinear")[:, 0]
+        return total, widened(logits.detach()), targets
+
+
+class FullGrad(SaliencyMethod):
+    """FullGrad: the input's and every bias's gradient, summed over the whole network."""
+
+    name = "fullgrad"
+
+    def __init__(self, model, layer=None, class_names=None, reshape_transform=None, backend=None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"fullgrad needs every bias gradient and runs on PyTorch models only, not on "
+                f"{type(model).__name__}"
+            )
+        if not bias_layers(model):
+            raise ValueError("fullgrad needs Conv2d or BatchNorm2d layers with a bias; none found")
+        # The backend checks a given layer name (a misspelt one is an error, as elsewhere);
+        # the map itself reads every bias layer.
+        super().__init__(model, layer, class_names, reshape_transform, backend)
+        self.layer_name, self.layer = "all bias layers", model
+
+    def _open_capture(self) -> FullGradCapture:
+        return FullGradCapture(self.model)
+
+    def _explain(self, capture, x, targets):
+        from .base import top1_of
+
+        cost = self.pass_cost(x)  # a full backward pass keeps every activation
+        if cost is not None:
+            check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], batch=2)
+        maps, logits, used = capture.run(x, top1_of if targets is None else targets)
+        keep = torch.ones_like(used, dtype=torch.bool)
+        records = scale_records(logits, min(x.shape[2:]), tuple(x.shape[2:]), keep)
+        return maps, used, [[r] for r in records], torch.softmax(logits.float(), 1)
