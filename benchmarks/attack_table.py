@@ -30,7 +30,7 @@ import torch
 from photo_sets import bundled_photos, evaluation_photos
 
 import cameras
-from cameras.attack import pgd
+from cameras.apps.attack import pgd
 
 PAPER = "paper (ResNet-50, ImageNet val, beta 50): 99.99 % fooling, L2 56.5 % below plain PGD"
 L2_STEP = 0.1

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 
 import cameras
-from cameras.budget import method_pass_cost
+from cameras.core.budget import method_pass_cost
 
 SLOW = ("scorecam", "ablationcam")
 

@@ -59,7 +59,7 @@ def _build_evalset(outdir: Path):
 def evaluation_photos() -> list[Photo]:
     """The shipped evaluation set (with boxes) plus the bundled photos it lacks (no boxes)."""
     import cameras
-    from cameras.datasets import read_annotations
+    from cameras.apps.datasets import read_annotations
 
     photos: list[Photo] = []
     with tempfile.TemporaryDirectory() as folder:

@@ -30,12 +30,12 @@ import torch
 from photo_sets import Photo, evaluation_photos
 
 import cameras
-from cameras.capture import LayerCapture
-from cameras.fusion import fuse_scales, normalise_maps
-from cameras.images import resize_map
+from cameras.apps.metrics import deletion, energy_pointing_game, map_density, pointing_game
+from cameras.core.capture import LayerCapture
+from cameras.core.fusion import fuse_scales, normalise_maps
+from cameras.core.images import resize_map
 from cameras.methods.base import top1_of
 from cameras.methods.cameras import SCALE_RULES, kept_by_rule, resize_to_scale
-from cameras.metrics import deletion, energy_pointing_game, map_density, pointing_game
 
 # Scale ranges as factors of the input's shorter side (224 for Lite0).
 SCALE_RANGES = {

@@ -41,7 +41,7 @@ from photo_sets import bundled_photos
 from PIL import Image
 
 import cameras
-from cameras.evaluation import EvalSettings, Evaluator, load_item
+from cameras.apps.evaluation import EvalSettings, Evaluator, load_item
 from cameras.run.jobs import (
     ImageExplainer,
     decode_image,
@@ -138,7 +138,7 @@ def explain_benchmark(args, model, prep, classes) -> dict:
 def ray_explain(args, tasks, paths, prep, out: Path) -> dict:
     """One explain run on the Ray started by the caller: the time to the first result
     (actor start and model load included)."""
-    from cameras.distributed import ExplainJob, explain_ray
+    from cameras.run.ray import ExplainJob, explain_ray
     from cameras.session import SessionSpec
 
     job = ExplainJob(SessionSpec(device="cpu", scales=tuple(args.scales)), "cameras", None)
@@ -182,10 +182,10 @@ def per_image_costs(method, prep, paths) -> dict[str, float]:
 
 
 def evaluate_benchmark(args, model, prep, classes) -> dict:
-    from cameras.datasets import Record
-    from cameras.images import resize_map
-    from cameras.metrics import deletion, energy_pointing_game, insertion, map_density
-    from cameras.metrics import pointing_game as pointing
+    from cameras.apps.datasets import Record
+    from cameras.apps.metrics import deletion, energy_pointing_game, insertion, map_density
+    from cameras.apps.metrics import pointing_game as pointing
+    from cameras.core.images import resize_map
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,7 +239,7 @@ def evaluate_benchmark(args, model, prep, classes) -> dict:
         if not args.no_ray:
             import ray
 
-            from cameras.distributed import EvaluateJob, evaluate_ray
+            from cameras.run.ray import EvaluateJob, evaluate_ray
             from cameras.session import SessionSpec
 
             job = EvaluateJob(SessionSpec(device="cpu"), settings)

@@ -21,8 +21,8 @@ import timm
 import torch
 from rounds import arguments, best_of_rounds, device_name, measure, print_variants
 
+from cameras.core.tokens import any_input_size
 from cameras.methods.cameras import default_scales, resize_to_scale
-from cameras.tokens import any_input_size
 
 SIZE = 224
 SCALES = default_scales(SIZE)

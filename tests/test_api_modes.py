@@ -21,9 +21,9 @@ from helpers import TinyNet, assert_left_as_found, model_state, photo_batch
 from torch import nn
 
 import cameras
-from cameras.attack import pgd
+from cameras.apps.attack import pgd
+from cameras.apps.metrics.sanity import randomisation_steps, sanity_check
 from cameras.methods import METHODS
-from cameras.metrics.sanity import randomisation_steps, sanity_check
 
 SCALES = (64, 96)  # two scales of a 64 x 96 input: CAMERAS's fusion runs, cheaply
 EXACT = 1e-6

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 import cameras
-from cameras.attack import DEFAULT_STEP_SIZE, pgd
+from cameras.apps.attack import DEFAULT_STEP_SIZE, pgd
 from cameras.cli import main
 
 
@@ -290,7 +290,7 @@ def test_cli_refuses_an_input_folder_as_output(tmp_path, coffee, capsys):
 
 
 def test_plain_and_focused_share_settings_and_summaries_average_per_image():
-    from cameras.attack import compare_outcomes, plain_and_focused, summarise_attacks
+    from cameras.apps.attack import compare_outcomes, plain_and_focused, summarise_attacks
 
     model = linear_model(3)
     x = torch.rand(1, 3, 4, 4)

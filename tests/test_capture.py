@@ -9,7 +9,7 @@ from helpers import TinyNet, hook_count, seeded
 from torch import nn
 
 import cameras
-from cameras.capture import auto_layer_name
+from cameras.core.capture import auto_layer_name
 
 SCALES = [32, 48]
 

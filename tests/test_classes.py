@@ -1,4 +1,4 @@
-"""The class rule (``cameras.classes``): one way from what a user calls a class to an index."""
+"""The class rule (``cameras.core.classes``): one way from what a user calls a class to an index."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cameras.classes import (
+from cameras.core.classes import (
     ClassError,
     ClassTypeError,
     check_indices,

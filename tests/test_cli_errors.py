@@ -239,7 +239,7 @@ DAMAGED_COCO = {
 
 @pytest.mark.parametrize("damage, message", DAMAGED_COCO.values(), ids=DAMAGED_COCO)
 def test_malformed_coco_is_read_with_one_line_per_problem(tmp_path, damage, message):
-    from cameras.datasets import ClassResolver, read_annotations
+    from cameras.apps.datasets import ClassResolver, read_annotations
     from cameras.models import imagenet_classes
 
     data = tmp_path / "instances.json"

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 import cameras
-from cameras.cli import main
-from cameras.viz import (
+from cameras.apps.viz import (
     Panel,
     colorize,
     comparison_figure,
@@ -20,6 +19,7 @@ from cameras.viz import (
     panel_boxes,
     panel_image,
 )
+from cameras.cli import main
 
 CLASSES = ["tabby", "Egyptian cat"]
 
@@ -61,9 +61,9 @@ def test_comparison_of_real_maps(chelsea, two_class_maps):
     assert pixels.shape[:2][::-1] == figure_size(chelsea.size, rows, 100)
     # Each plain panel is the colour map of its own map (alpha 1), nearest to it of all.
     expected = {
-        (i, j): colorize(cameras.images.resize_map(rows[i][j].saliency, 100, 150), "jet").astype(
-            np.int16
-        )
+        (i, j): colorize(
+            cameras.core.images.resize_map(rows[i][j].saliency, 100, 150), "jet"
+        ).astype(np.int16)
         for i in range(2)
         for j in range(2)
     }
@@ -120,7 +120,9 @@ def test_cli_two_classes_with_difference(chelsea_file, chelsea, two_class_maps, 
     # The difference row: red (class 1) where the Grad-CAM difference is positive, blue
     # where it is negative, on a grey photo.
     diff = difference_map(two_class_maps["gradcam"].maps[0], two_class_maps["gradcam"].maps[1])
-    diff = cameras.images.resize_map(torch.from_numpy(diff + 1.0) / 2.0, 96, cell.width) * 2 - 1
+    diff = (
+        cameras.core.images.resize_map(torch.from_numpy(diff + 1.0) / 2.0, 96, cell.width) * 2 - 1
+    )
     left, top, right, bottom = boxes["panel 2,0"]
     # A grey photo has R == B, so R - B is the colour map's tint alone.
     tint = pixels[top:bottom, left:right, 0] - pixels[top:bottom, left:right, 2]

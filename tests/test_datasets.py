@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from cameras.datasets import (
+from cameras.apps.datasets import (
     AnnotationError,
     ClassResolver,
     Record,

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cameras.cli import main
-from cameras.datasets import ClassResolver, check_record, read_json_list
-from cameras.evaluation import (
+from cameras.apps.datasets import ClassResolver, check_record, read_json_list
+from cameras.apps.evaluation import (
     RESULT_FIELDS,
     EvalSettings,
     Evaluator,
@@ -27,7 +26,8 @@ from cameras.evaluation import (
     summarise,
     summary_markdown,
 )
-from cameras.images import load_image
+from cameras.cli import main
+from cameras.core.images import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -312,7 +312,7 @@ class Identity:
 def test_evaluator_batches_by_size_and_keeps_input_order():
     from helpers import TinyNet
 
-    from cameras.datasets import Record
+    from cameras.apps.datasets import Record
 
     torch.manual_seed(0)
     model = TinyNet(num_classes=5).eval()

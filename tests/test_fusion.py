@@ -1,11 +1,11 @@
-"""cameras.fusion: the memory-bounded multi-scale accumulation (docs/method.md, section 4)."""
+"""cameras.core.fusion: the memory-bounded multi-scale accumulation (docs/method.md, section 4)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from cameras import fusion
+from cameras.core import fusion
 
 
 def test_fusion_by_column_blocks_equals_plain_upsampling(monkeypatch):

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cameras.classes import class_index
+from cameras.apps.datasets import AnnotationError, ClassResolver, check_record, read_annotations
 from cameras.cli import UsageError
 from cameras.cli.common import parse_classes, parse_scales
-from cameras.datasets import AnnotationError, ClassResolver, check_record, read_annotations
-from cameras.images import ImageError, find_images, load_image, shown
+from cameras.core.classes import class_index
+from cameras.core.images import ImageError, find_images, load_image, shown
 from cameras.models import imagenet_classes
 
 FUZZ = settings(

@@ -1,4 +1,4 @@
-"""cameras.images: reading images robustly, finding them, and maps at an image's own size."""
+"""cameras.core.images: reading images robustly, finding them, and maps at an image's own size."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cameras.images import ImageError, find_images, load_image, resize_map
+from cameras.core.images import ImageError, find_images, load_image, resize_map
 
 
 def test_modes_become_upright_8_bit_rgb(tmp_path, coffee):

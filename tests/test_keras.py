@@ -36,7 +36,7 @@ from keras_twin import (  # noqa: E402
 )
 
 from cameras.cli import main  # noqa: E402
-from cameras.images import resize_map  # noqa: E402
+from cameras.core.images import resize_map  # noqa: E402
 
 NUM_CLASSES = 10
 # With these weights chelsea's top-1 flips (8 -> 6) from 96 px on: the top-1 rule must

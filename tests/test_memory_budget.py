@@ -1,4 +1,4 @@
-"""The memory budget (cameras.budget, README "Reliability"): the aspect cap, the refusal
+"""The memory budget (cameras.core.budget, README "Reliability"): the aspect cap, the refusal
 that says what fits, overlays built in bands, the pixel cap on decoded images, and the
 peak memory of the extreme inputs, watched in a child process."""
 
@@ -19,8 +19,9 @@ from matplotlib import colormaps
 from PIL import Image
 
 import cameras
-from cameras import budget, images, viz
-from cameras.budget import MAX_ASPECT, MemoryBudgetError, nominal_side
+from cameras.apps import viz
+from cameras.core import budget, images
+from cameras.core.budget import MAX_ASPECT, MemoryBudgetError, nominal_side
 from cameras.methods.cameras import default_scales, resized_size
 
 # PEAK_LIMIT_BYTES (helpers) bounds any process of a `cameras explain` run on the extreme

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cameras.metrics import (
+from cameras.apps.metrics import (
     area_under_curve,
     blur,
     box_mask,
@@ -21,7 +21,7 @@ from cameras.metrics import (
     pointing_game,
     pointing_hit,
 )
-from cameras.metrics.insertion import saliency_ranks, step_counts
+from cameras.apps.metrics.insertion import saliency_ranks, step_counts
 
 
 class HalfPrep:

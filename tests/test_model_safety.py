@@ -9,7 +9,7 @@ from helpers import TinyNet, assert_left_as_found, model_state
 from torch import nn
 
 import cameras
-from cameras.attack import pgd
+from cameras.apps.attack import pgd
 
 SCALES = [32, 48]
 

@@ -13,8 +13,8 @@ import torchvision
 from PIL import Image
 
 import cameras
-from cameras.lite import EfficientNetLite
 from cameras.models import ModelError, imagenet_classes, load_model
+from cameras.models.lite import EfficientNetLite
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,7 +32,6 @@ from pytorch_grad_cam.utils.svd_on_activations import (
 )
 
 import cameras
-from cameras.lite import EfficientNetLite
 from cameras.methods.fullgrad import FullGradCapture
 from cameras.methods.more import (
     CAM,
@@ -44,6 +43,7 @@ from cameras.methods.more import (
     GradCAMElementWise,
     ScoreCAM,
 )
+from cameras.models.lite import EfficientNetLite
 
 TOLERANCE = 1e-4
 TARGETS = [3, 7]
@@ -408,7 +408,7 @@ def test_perturbation_passes_are_batched(networks):
 
 
 def test_perturbation_refuses_a_batch_over_the_memory_budget(networks, monkeypatch):
-    from cameras.budget import BUDGET_VARIABLE, MemoryBudgetError
+    from cameras.core.budget import BUDGET_VARIABLE, MemoryBudgetError
 
     monkeypatch.setenv(BUDGET_VARIABLE, "0.0001")
     with pytest.raises(MemoryBudgetError):

@@ -206,8 +206,8 @@ def test_a_full_disk_never_replaces_a_good_pair_or_leaves_a_part(small_disk, lea
 def test_rows_on_a_full_disk_stay_whole_lines(small_disk):
     """Before: an append cut off by a full disk left half a row, and the next record's
     rows were glued to it (a row of nonsense in the middle of results.csv)."""
-    from cameras.evaluation.scoring import RESULT_FIELDS
-    from cameras.evaluation.storage import ResultStore
+    from cameras.apps.evaluation.scoring import RESULT_FIELDS
+    from cameras.apps.evaluation.storage import ResultStore
 
     store = ResultStore(small_disk)
     store.start({"run": 1}, resume=False)
@@ -227,7 +227,7 @@ def test_rows_on_a_full_disk_stay_whole_lines(small_disk):
 
 
 def test_resume_reads_past_a_torn_last_line(tmp_path):
-    from cameras.evaluation.storage import ResultStore
+    from cameras.apps.evaluation.storage import ResultStore
 
     store = ResultStore(tmp_path)
     store.start({"run": 1}, resume=False)
@@ -482,7 +482,7 @@ def test_keras_channels_first_and_truncated_files_are_one_line(capsys, tmp_path,
 def test_web_downloads_on_a_full_disk_keep_the_old_files(small_disk):
     """The web page's files come from viz.save_map. Before: a full disk emptied the PNG
     being replaced (Pillow truncates it, then removes what it wrote)."""
-    from cameras.viz import save_map
+    from cameras.apps.viz import save_map
 
     rng = np.random.default_rng(0)
     small = Image.fromarray(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8))

@@ -11,8 +11,7 @@ from helpers import TinyNet, assert_left_as_found, model_state
 from torch import nn
 
 from cameras import CAMERAS, GradCAM
-from cameras.cli import main
-from cameras.metrics.sanity import (
+from cameras.apps.metrics.sanity import (
     Step,
     hog_similarity,
     randomisation_steps,
@@ -23,6 +22,7 @@ from cameras.metrics.sanity import (
     spearman,
     ssim,
 )
+from cameras.cli import main
 
 
 class Staged(nn.Module):
@@ -193,7 +193,7 @@ def test_sanity_command(tmp_path, chelsea, capsys):
 
 
 def test_mean_similarities_average_over_images_per_step():
-    from cameras.metrics.sanity import SIMILARITIES, mean_similarities, similarity_markdown
+    from cameras.apps.metrics.sanity import SIMILARITIES, mean_similarities, similarity_markdown
 
     def row(image, method, step, value):
         return {"image": image, "method": method, "step": step} | dict.fromkeys(SIMILARITIES, value)

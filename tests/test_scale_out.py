@@ -20,9 +20,9 @@ import torch
 from PIL import Image, ImageOps
 
 import cameras
-from cameras import evaluation
+from cameras.apps import evaluation
 from cameras.cli import main
-from cameras.images import load_image, resize_map
+from cameras.core.images import load_image, resize_map
 from cameras.run.engine import BackgroundWriter, same_size_batches, stream_local
 from cameras.run.items import DecodedImage, ImageTask
 from cameras.run.jobs import ImageExplainer
@@ -361,7 +361,7 @@ def test_resume_after_the_driver_is_killed(eval_data, eval_reference, tmp_path, 
 
 def test_import_cameras_never_imports_ray():
     code = (
-        "import sys, cameras, cameras.run.jobs, cameras.distributed, cameras.cli; "
+        "import sys, cameras, cameras.run.jobs, cameras.run.ray, cameras.cli; "
         "cameras.cli.build_parser(); "
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )
@@ -419,9 +419,9 @@ def test_evaluate_on_ray_gives_the_same_rows(eval_data, eval_reference, tmp_path
 def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(lite0, photos, tmp_path):
     """SIGKILL the model actor's process after the first result: Ray starts another and
     reruns the unfinished batches; every image is written exactly once, maps exact."""
-    from cameras.distributed import ExplainJob, explain_ray
     from cameras.run.jobs import save_explanations
     from cameras.run.outputs import ImageWriter, image_tasks
+    from cameras.run.ray import ExplainJob, explain_ray
     from cameras.session import SessionSpec
 
     model, prep, _ = lite0
@@ -463,7 +463,7 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(lite0, photos
 def test_resume_on_ray_after_the_driver_stops(eval_data, eval_reference, tmp_path, monkeypatch):
     """The driver dies half-way through storing a record; --resume --ray computes only
     the unfinished records and the rows match an uninterrupted run."""
-    import cameras.distributed
+    import cameras.run.ray
 
     out = tmp_path / "out"
     argv = ["evaluate", str(eval_data), "--out", str(out), *EVAL_ARGS, "--batch-size", "1"]
@@ -485,20 +485,20 @@ def test_resume_on_ray_after_the_driver_stops(eval_data, eval_reference, tmp_pat
     monkeypatch.setattr(evaluation.ResultStore, "add", original_add)
 
     asked = []
-    original_ray = cameras.distributed.evaluate_ray
+    original_ray = cameras.run.ray.evaluate_ray
 
     def recording(records, *args, **kwargs):
         asked.extend(record.key for record in records)
         yield from original_ray(records, *args, **kwargs)
 
-    monkeypatch.setattr(cameras.distributed, "evaluate_ray", recording)
+    monkeypatch.setattr(cameras.run.ray, "evaluate_ray", recording)
     assert main(argv + ["--resume", "--ray"]) == 0
     assert len(asked) == 3 and finished[0] not in asked
     assert_same_rows(read_rows(out / "results.csv"), eval_reference)
 
 
 def test_pool_plan_one_actor_per_gpu_or_per_machine():
-    from cameras.distributed import PoolPlan, plan_pool
+    from cameras.run.ray import PoolPlan, plan_pool
 
     gpus = {"CPU": 64.0, "GPU": 8.0}
     assert plan_pool(gpus, 2, None, "auto") == PoolPlan(8, 1.0, None)
@@ -512,8 +512,8 @@ def test_pool_plan_one_actor_per_gpu_or_per_machine():
 def test_a_model_that_cannot_load_on_the_actors_fails_the_job_in_one_line(lite0, photos, tmp_path):
     """The actor's constructor raises (here: a weights file the workers cannot read): the
     job stops with RayJobError naming the cause, instead of restarting the actor forever."""
-    from cameras.distributed import ExplainJob, RayJobError, explain_ray
     from cameras.run.outputs import image_tasks
+    from cameras.run.ray import ExplainJob, RayJobError, explain_ray
     from cameras.session import SessionSpec
 
     _, prep, _ = lite0
@@ -533,7 +533,7 @@ def test_a_model_that_cannot_load_on_the_actors_fails_the_job_in_one_line(lite0,
 def test_ray_keeps_a_bounded_window_of_batches_in_flight(tmp_path):
     """While the driver holds back (a slow writer), no more than WINDOW_PER_ACTOR batches
     per actor are decoded ahead; then every result still comes, once, in order."""
-    from cameras.distributed import WINDOW_PER_ACTOR, stream_ray
+    from cameras.run.ray import WINDOW_PER_ACTOR, stream_ray
 
     started = tmp_path / "loaded"
     started.mkdir()

@@ -8,7 +8,7 @@ import torch
 from helpers import TinyNet
 
 import cameras
-from cameras.images import resize_map
+from cameras.core.images import resize_map
 from cameras.models import Preprocess
 
 

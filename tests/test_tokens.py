@@ -19,9 +19,9 @@ from oracle import oracle_cameras, oracle_token_cameras
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import cameras
-from cameras.capture import LayerCapture
+from cameras.core.capture import LayerCapture
+from cameras.core.tokens import any_input_size, token_family
 from cameras.methods import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from cameras.tokens import any_input_size, token_family
 
 TOLERANCE = 1e-4
 CLASSES = 5
@@ -196,7 +196,7 @@ def test_padded_grid_is_cropped_not_stretched(models):
         step, _ = capture.run(x, torch.tensor([0]))
     assert step.activations.shape[2:] == (5, 6)
     assert step.covered == pytest.approx((40 / 36, 48 / 44))
-    from cameras.fusion import resize_grid
+    from cameras.core.fusion import resize_grid
 
     grid = torch.zeros(1, 5, 6)
     grid[0, 4] = 1.0

@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cameras.images import resize_map
-from cameras.viz import (
+from cameras.apps.viz import (
     Panel,
     colorize,
     comparison_figure,
@@ -22,6 +21,7 @@ from cameras.viz import (
     save_figure,
     symmetric_range,
 )
+from cameras.core.images import resize_map
 
 
 @pytest.fixture(scope="module")

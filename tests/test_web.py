@@ -27,9 +27,9 @@ from PIL import Image
 
 import cameras
 from cameras import CAMERAS, GradCAM, web
-from cameras.images import resize_map
+from cameras.apps.viz import colorize, overlay
+from cameras.core.images import resize_map
 from cameras.methods.cameras import default_scales
-from cameras.viz import colorize, overlay
 from cameras.web import (
     MAX_SIDE,
     MAX_UPLOAD_BYTES,

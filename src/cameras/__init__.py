@@ -22,10 +22,10 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it (relative to this package).
 _PUBLIC = {
-    "ClassError": ".classes",
-    "class_index": ".classes",
-    "ImageError": ".images",
-    "load_image": ".images",
+    "ClassError": ".core.classes",
+    "class_index": ".core.classes",
+    "ImageError": ".core.images",
+    "load_image": ".core.images",
     "CAMERAS": ".methods",
     "METHODS": ".methods",
     "Explanation": ".methods",
@@ -40,7 +40,8 @@ _PUBLIC = {
     "Preprocess": ".models",
     "load_model": ".models",
     "Session": ".session",
-    "overlay": ".viz",
+    "SessionSpec": ".session",
+    "overlay": ".apps.viz",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -50,7 +51,7 @@ def __getattr__(name: str):
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
     elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        # A submodule, as ``import cameras; cameras.viz.overlay`` expects.
+        # A submodule, as ``import cameras; cameras.session.SessionSpec`` expects.
         value = importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module 'cameras' has no attribute {name!r}")

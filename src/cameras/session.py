@@ -25,15 +25,13 @@ from PIL import Image
 from torch import nn
 
 from .backends import backend_for
-from .capture import eval_mode, logits_of, model_input
-from .classes import ClassLike, Targets, class_index, class_label
-from .images import load_image, resize_map
+from .core.capture import check_batch, eval_mode, logits_of, model_input
+from .core.classes import ClassLike, Targets, class_index, class_label, class_names_for
+from .core.images import load_image, resize_map
 from .methods import CAMERAS, Explanation, SaliencyMethod, build_method
-from .methods.base import check_batch
 from .models import (
     DEFAULT_MODEL,
     Preprocess,
-    class_names_for,
     is_keras_file,
     load_keras_file,
     load_model,
@@ -199,7 +197,7 @@ class Session:
         return self._scorer
 
     def class_index(self, value: ClassLike) -> int:
-        """A class given as an index, digits or a name -> index (``cameras.classes``'s
+        """A class given as an index, digits or a name -> index (``cameras.core.classes``'s
         rule, checked against this model's class count); ClassError otherwise."""
         return class_index(value, self.class_names, self.num_classes)
 

@@ -2,7 +2,7 @@
 
 The page (Gradio) only moves data between the browser and a ``cameras.Session``: the
 top-5 from ``Session.top_k``, the maps from the session's methods at the photo's size,
-the class from the rule in ``cameras.classes`` and the pictures from ``viz.save_map``,
+the class from the rule in ``cameras.core.classes`` and the pictures from ``viz.save_map``,
 exactly as ``cameras explain`` does; there is no saliency maths here.
 
 Everything above ``build_app``, the handlers included, needs no Gradio: the tests call
@@ -27,12 +27,12 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .budget import MemoryBudgetError
-from .classes import ClassError
-from .images import ImageError, load_image
+from .apps.viz import save_map
+from .core.budget import MemoryBudgetError
+from .core.classes import ClassError
+from .core.images import ImageError, load_image
 from .methods import METHODS, SaliencyMethod, default_scales
 from .session import Session
-from .viz import save_map
 
 MEGABYTE = 1024 * 1024
 MAX_UPLOAD_BYTES = 20 * MEGABYTE

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import keras as _keras_setup  # noqa: F401 - TensorFlow's backend, native-library order
+from ..core.capture import check_batch, check_finite
 from ..keras.capture import KerasCapture, scores_of
 from ..keras.network import named_layers, network_for
 from .torch import Step, check_mode, grouped_steps, noise_like
@@ -50,8 +51,6 @@ class KerasBackend:
 
     def input_batch(self, x) -> tuple[torch.Tensor, str]:
         if isinstance(x, torch.Tensor):
-            from ..methods.base import check_batch
-
             return check_batch(x).detach().float().cpu(), "torch"
         return keras_batch(x, self.network.channels), "numpy"
 
@@ -174,8 +173,6 @@ def keras_batch(x, channels: int) -> torch.Tensor:
     """A (B, H, W, C) or (H, W, C) float array (NumPy, TensorFlow, anything array-like)
     -> a (B, C, H, W) float32 torch tensor for the shared maths; NaN or infinite values
     are a ValueError, as for PyTorch models."""
-    from ..methods.base import check_finite
-
     try:
         values = np.asarray(x)
     except Exception as error:  # noqa: BLE001 - any conversion failure is the same error

@@ -1,5 +1,5 @@
 """The PyTorch backend: a ``torch.nn.Module`` (CNNs, and the token families of
-``cameras.tokens`` through ``LayerCapture``), hooked in place and given back unchanged."""
+``cameras.core.tokens`` through ``LayerCapture``), hooked in place and given back unchanged."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..budget import PassCost, probe_pass_cost, probe_sample
-from ..capture import (
+from ..core.budget import PassCost, probe_pass_cost, probe_sample
+from ..core.capture import (
     LayerCapture,
     LayerSpec,
+    check_batch,
     check_channels_first,
     eval_mode,
     logits_of,
@@ -63,8 +64,6 @@ class TorchBackend:
     def input_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.device]:
         """A (B, C, H, W) batch on the model's device, float32 or wider (resizing runs in
         it; ``LayerCapture.run`` casts each scale to the model's dtype), and where results go."""
-        from ..methods.base import check_batch
-
         x = check_batch(x)
         check_channels_first(x, self.model)
         return widened(x.to(model_device(self.model))), x.device
@@ -76,7 +75,7 @@ class TorchBackend:
         return targets
 
     def pass_cost(self, layer: nn.Module, x: torch.Tensor) -> PassCost | None:
-        """The memory cost per input pixel, from one probe pass (``cameras.budget``)."""
+        """The memory cost per input pixel, from one probe pass (``cameras.core.budget``)."""
         return probe_pass_cost(self.model, layer, probe_sample(x))
 
     # ---------------------------------------------------------------- the model's answers
@@ -103,7 +102,7 @@ class TorchBackend:
 
 
 # ------------------------------------------------------------------ weight randomisation
-# (the sanity test's model side; see ``cameras.metrics.sanity`` for the test itself)
+# (the sanity test's model side; see ``cameras.apps.metrics.sanity`` for the test itself)
 
 
 def _execution_order(model: nn.Module, names: list[str], probe_size: int) -> list[str]:
@@ -136,7 +135,7 @@ def _has_parameters(module: nn.Module) -> bool:
 
 def randomisation_steps(model: nn.Module, probe_size: int = 64) -> list[Step]:
     """The model's blocks in randomisation order, from the logits down (see
-    ``cameras.metrics.sanity``)."""
+    ``cameras.apps.metrics.sanity``)."""
     names: list[str] = []
     for name, child in model.named_children():
         if not _has_parameters(child):
@@ -181,7 +180,7 @@ def noise_like(values: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 @torch.no_grad()
 def randomise_(model: nn.Module, module_names: Sequence[str], generator: torch.Generator) -> None:
     """In place: every parameter of the named modules becomes normal noise with the
-    tensor's own mean and standard deviation (see ``cameras.metrics.sanity``)."""
+    tensor's own mean and standard deviation (see ``cameras.apps.metrics.sanity``)."""
     modules = dict(model.named_modules())
     for name in module_names:
         if name not in modules:

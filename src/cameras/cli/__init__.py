@@ -8,6 +8,9 @@ Exit codes: 0 all inputs succeeded, 1 some failed (the rest still written), 2 us
 as a shell reports it). SIGTERM and SIGHUP stop a subcommand as Ctrl-C does: its worker
 processes, render process and Ray processes are stopped before it exits. Every failure
 is one line on stderr naming the file or option.
+
+A face: it may import the whole library and the web page; nothing in the library imports
+it (docs/architecture.md). ``cameras --help`` imports no subcommand and no torch.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def chosen_subcommand(argv: Sequence[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(only=chosen_subcommand(argv)).parse_args(argv)
-    from ..budget import MemoryBudgetError  # the subcommand's module has loaded torch
+    from ..core.budget import MemoryBudgetError  # the subcommand's module has loaded torch
 
     received: list[int] = []
     try:
@@ -110,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         with warnings_as_lines(), stop_signals_as_interrupts() as received:
             return args.run(args)
     except UsageError as error:
-        from ..images import shown
+        from ..core.images import shown
 
         print(shown(f"cameras {args.command}: error: {error}"), file=sys.stderr)
         return 2
-    except MemoryBudgetError as error:  # a request over the memory budget (cameras.budget)
+    except MemoryBudgetError as error:  # a request over the memory budget (cameras.core.budget)
         print(f"cameras {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_environment() -> None:
     """A bad ``CAMERAS_MEMORY_GB`` is a usage error before any work (not a traceback once
     the model has loaded)."""
-    from ..budget import budget_bytes
+    from ..core.budget import budget_bytes
 
     try:
         budget_bytes()

@@ -1,7 +1,7 @@
 """``cameras attack PATH...``: saliency-focused PGD against plain PGD, per image and in sum.
 
 Parsing, files and printing only: the attacks and their summary come from
-``cameras.attack`` (``plain_and_focused``, ``compare_outcomes``, ``summarise_attacks``).
+``cameras.apps.attack`` (``plain_and_focused``, ``compare_outcomes``, ``summarise_attacks``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..attack import (
+from ..apps.attack import (
     DEFAULT_BETA,
     DEFAULT_NORM,
     DEFAULT_STEP_SIZE,
@@ -24,15 +24,10 @@ from ..attack import (
     summarise_attacks,
     to_uint8,
 )
-from ..images import ImageError
-from ..run.outputs import (
-    OutputGuard,
-    append_lines,
-    complete_lines,
-    write_atomically,
-    write_failure,
-)
-from ..viz import perturbation_figure, save_png
+from ..apps.viz import perturbation_figure, save_png
+from ..core.files import append_lines, complete_lines, write_atomically
+from ..core.images import ImageError
+from ..run.outputs import OutputGuard, write_failure
 from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,

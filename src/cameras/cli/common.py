@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..classes import ClassError
+from ..core.classes import ClassError
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
 from ..run.outputs import OutputGuard, image_tasks
@@ -200,7 +200,7 @@ def method_of(session: Session, name: str, option: str = "--method") -> Saliency
 
 
 def parse_class(option: str, text: str | None, session: Session) -> int | None:
-    """A class option (index or name, the rule of ``cameras.classes``) -> index, or a
+    """A class option (index or name, the rule of ``cameras.core.classes``) -> index, or a
     usage error naming the option. None stays None (each image's default class)."""
     if text is None:
         return None
@@ -257,7 +257,7 @@ def check_writable_folder(option: str, folder: Path) -> None:
 def gather_images(paths: list[str], out: Path, recursive: bool = False) -> tuple[list[Path], int]:
     """Image paths from files and folders, and how many inputs were missing (each printed
     as one error line; images left in subfolders as a note); creates the output folder."""
-    from ..images import find_images
+    from ..core.images import find_images
 
     notices: list[str] = []
     images, errors = find_images(paths, recursive, notices)
@@ -288,7 +288,7 @@ def output_stems(
 
 def refuse_overwrite(path: Path, inputs: OutputGuard, source: Path) -> None:
     """ImageError when writing ``path`` would replace one of the inputs."""
-    from ..images import ImageError
+    from ..core.images import ImageError
 
     if inputs.covers(path):
         raise ImageError(f"{source}: output {path.name} would overwrite an input; use --out")
@@ -305,7 +305,7 @@ def progress_bar(items: Iterable | None = None, **options) -> tqdm:
 def note(line: str, error: bool = False) -> None:
     """Print one line without breaking a progress bar (stdout, or stderr for errors);
     control characters (from odd file names) are escaped so it stays one line."""
-    from ..images import shown
+    from ..core.images import shown
 
     tqdm.write(shown(line), file=sys.stderr if error else sys.stdout)
 
@@ -348,7 +348,7 @@ def add_scale_out_arguments(
 
 def ray_address(text: str) -> str:
     """--ray's value: 'local', 'auto', ray://HOST:PORT or HOST:PORT (checked, not joined)."""
-    from ..distributed import check_address
+    from ..run.ray import check_address
 
     try:
         return check_address(text)
@@ -370,7 +370,7 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
         return None
     if args.workers is not None and args.workers < 1:
         raise usage_error(f"--workers {args.workers}: with --ray, must be at least 1")
-    from ..distributed import RayUnavailable, require_ray
+    from ..run.ray import RayUnavailable, require_ray
 
     try:
         require_ray()
@@ -378,7 +378,7 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
         raise usage_error(f"--ray: {error}") from None
     if not args.ray_timeout > 0:
         raise usage_error(f"--ray-timeout {args.ray_timeout:g}: must be more than 0")
-    from ..distributed import RayJobError, check_reachable
+    from ..run.ray import RayJobError, check_reachable
 
     try:
         check_reachable(args.ray, args.ray_timeout)
@@ -389,7 +389,7 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
 
 def raise_ray_failure(error: RuntimeError):
     """A failed Ray job as one line (exit 2); any other RuntimeError as it is."""
-    from ..distributed import RayJobError
+    from ..run.ray import RayJobError
 
     if isinstance(error, RayJobError):
         raise usage_error(str(error)) from None

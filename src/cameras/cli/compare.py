@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..images import ImageError, load_image
+from ..apps.viz import Panel, comparison_figure, difference_map, save_figure
+from ..core.images import ImageError, load_image
 from ..methods import METHODS
 from ..models import DEFAULT_MODEL
 from ..run.outputs import write_failure
 from ..session import Session
-from ..viz import Panel, comparison_figure, difference_map, save_figure
 from . import SUBCOMMANDS
 from .common import (
     add_device_argument,

@@ -13,8 +13,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..datasets import AnnotationError, ClassResolver, load_class_map, read_annotations
-from ..evaluation import (
+from ..apps.datasets import AnnotationError, ClassResolver, load_class_map, read_annotations
+from ..apps.evaluation import (
     DEFAULT_METHODS,
     METRICS,
     EvalSettings,
@@ -27,9 +27,9 @@ from ..evaluation import (
     summary_markdown,
     write_summary,
 )
-from ..metrics.insertion import DEFAULT_STEPS
+from ..apps.metrics.insertion import DEFAULT_STEPS
+from ..core.files import write_atomically
 from ..run.jobs import evaluate_local, save_records, unique_records
-from ..run.outputs import write_atomically
 from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if ray_address is not None:
-        from ..distributed import EvaluateJob, evaluate_ray
+        from ..run.ray import EvaluateJob, evaluate_ray
 
         spec = session.spec.for_workers(actor_device, evaluator.layer)
         job = EvaluateJob(spec, replace(settings, layer=evaluator.layer))

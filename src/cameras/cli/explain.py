@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         tasks = pending_tasks(tasks, writer)
     if ray_address is not None:
-        from ..distributed import ExplainJob, explain_ray
+        from ..run.ray import ExplainJob, explain_ray
 
         spec = session.spec.for_workers(actor_device, session.layer)
         job = ExplainJob(spec, args.method, target, args.cmap, args.alpha)

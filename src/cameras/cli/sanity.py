@@ -13,23 +13,18 @@ import argparse
 import csv
 import io
 
-from ..evaluation import DEFAULT_METHODS
-from ..images import ImageError
-from ..metrics.sanity import (
+from ..apps.evaluation import DEFAULT_METHODS
+from ..apps.metrics.sanity import (
     MODES,
     SIMILARITIES,
     mean_similarities,
     sanity_check,
     similarity_markdown,
 )
-from ..run.outputs import (
-    OutputGuard,
-    append_lines,
-    complete_lines,
-    write_atomically,
-    write_failure,
-)
-from ..viz import sanity_figure, similarity_figure
+from ..apps.viz import sanity_figure, similarity_figure
+from ..core.files import append_lines, complete_lines, write_atomically
+from ..core.images import ImageError
+from ..run.outputs import OutputGuard, write_failure
 from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,

@@ -5,7 +5,10 @@ result = cameras.keras.CAMERAS(model)(x)   # model: keras.Model; x: (B, H, W, 3)
 result.maps                                # (B, H, W) float32 NumPy array in [0, 1]
 
 Needs the ``keras`` extra: ``pip install 'cameras[keras]'``. ``import cameras`` alone
-never imports TensorFlow.
+never imports TensorFlow. This package (the Keras capture, the flexible copy of a model,
+Keras model files, the public names) may import the core, the backends, the methods, the
+models and the session; the Keras backend and the model loader import it only when a
+Keras model is used (docs/architecture.md).
 """
 
 import contextlib

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import torch
 
-from ..capture import ScaleCapture
+from ..core.capture import ScaleCapture
 from .network import FlexibleNetwork, KerasModelError, wrapped_calls
 
 

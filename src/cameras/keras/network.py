@@ -22,7 +22,7 @@ import tensorflow as tf
 from ..models import ModelError
 
 # Two probe sizes: a layer whose output grows between them is a spatial feature map
-# (the same rule as the PyTorch backend; see cameras.capture).
+# (the same rule as the PyTorch backend; see cameras.core.capture).
 _PROBE_SIZES = (64, 96)
 
 

@@ -1,4 +1,10 @@
-"""Saliency methods: CAMERAS and the single-scale CAM baselines, all with one call signature."""
+"""Saliency methods: CAMERAS and the CAM baselines, all with one call signature.
+
+``METHODS`` is the one registry and ``build_method`` the one place a method is built
+(tests/test_one_door.py). Each method asks its backend, per input size, for the scores,
+the layer's output and its gradient, so it works on every kind of model. This package
+may import the core and the backends only (docs/architecture.md).
+"""
 
 from __future__ import annotations
 

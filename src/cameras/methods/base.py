@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..budget import PassCost
-from ..capture import LayerCapture, LayerSpec, autograd_enabled
-from ..classes import Targets, class_index, class_indices
-from ..fusion import normalise_maps
+from ..core.budget import PassCost
+from ..core.capture import LayerCapture, LayerSpec, autograd_enabled
+from ..core.classes import Targets, class_index, class_indices, class_names_for
+from ..core.fusion import normalise_maps
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,6 @@ class SaliencyMethod:
         self.model = model
         self.layer_name, self.layer = self.backend.resolve_layer(layer)
         if class_names is None:
-            from ..models import class_names_for
-
             class_names = class_names_for(model)
         self.class_names = list(class_names) if class_names is not None else None
         self.reshape_transform = reshape_transform
@@ -141,7 +139,7 @@ class SaliencyMethod:
             )
 
     def pass_cost(self, x: torch.Tensor) -> PassCost | None:
-        """The model's memory cost per input pixel (``cameras.budget``), probed by the
+        """The model's memory cost per input pixel (``cameras.core.budget``), probed by the
         backend on the first call (on ``x``) and kept; None where the backend has no
         probe (Keras: only the aspect cap applies)."""
         if self._pass_cost is None:
@@ -160,41 +158,11 @@ class SaliencyMethod:
         raise NotImplementedError
 
     def class_index(self, target: int | str) -> int:
-        """A class index from an index or a class name (the rule in ``cameras.classes``)."""
+        """A class index from an index or a class name (the rule in ``cameras.core.classes``)."""
         return class_index(target, self.class_names)
 
     def _check_targets(self, targets: Targets, batch: int) -> torch.Tensor | None:
         return class_indices(self.backend.plain_targets(targets), batch, self.class_names)
-
-
-def check_batch(x: torch.Tensor) -> torch.Tensor:
-    """A (B, C, H, W) float batch from a batch or one (C, H, W) image; clear errors otherwise
-    (a ValueError for NaN or infinite values)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
-    if x.dim() == 3:
-        x = x[None]
-    if x.dim() == 4 and x.shape[0] == 0:
-        raise ValueError(f"x is an empty batch {tuple(x.shape)}; pass at least one image")
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")
-    check_finite(x)
-    return x
-
-
-def check_finite(x: torch.Tensor, argument: str = "x") -> None:
-    """ValueError, saying how many, when ``x`` holds NaN or infinite values: the model
-    would give NaN scores, which no class or map can be read from."""
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = x[~finite]
-        nan = int(bad.isnan().sum())
-        raise ValueError(
-            f"{argument} has {bad.numel()} non-finite values of {x.numel()} ({nan} NaN, "
-            f"{bad.numel() - nan} infinite); pass a preprocessed image with finite pixels"
-        )
 
 
 def top1_of(logits: torch.Tensor) -> torch.Tensor:

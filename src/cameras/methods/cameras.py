@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..budget import capped_size, check_call, is_extreme, nominal_side
-from ..capture import LayerCapture, LayerSpec
-from ..fusion import fuse_scales
+from ..core.budget import capped_size, check_call, is_extreme, nominal_side
+from ..core.capture import LayerCapture, LayerSpec
+from ..core.fusion import fuse_scales
 from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
 
 # The paper's scales for a 224 input: 224, 324, ..., 924. Other inputs use the same
@@ -18,13 +18,13 @@ from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
 PAPER_SCALES = tuple(range(224, 925, 100))
 
 
-# Which scales count towards the map (see docs and README "Which scales count").
+# Which scales count towards the map (docs/benchmarks.md, "Which scales count").
 #   top1: a scale counts when its own top-1 is the explained class (the paper's rule).
 #   top5: a scale counts while the explained class stays in that scale's top 5.
 #   all:  every scale counts (what the authors' code does when a class is passed).
 SCALE_RULES = ("top1", "top5", "all")
 # The rule used when no class is given; with a class given every scale counts. Chosen on
-# the measurements of benchmarks/scale_rules.py (README: "Which scales count"): on real
+# the measurements of benchmarks/scale_rules.py (docs/benchmarks.md: "Which scales count"): on real
 # photos keeping every scale scored best on pointing, map density and deletion, while the
 # paper's top1 rule kept a median of 3 of 8 scales.
 DEFAULT_RULE = "all"
@@ -138,7 +138,7 @@ class CAMERAS(SaliencyMethod):
 
     def check_budget(self, x: torch.Tensor, scales: list[int]) -> None:
         """Refuse (``MemoryBudgetError``, saying which scales fit) a call on the batch ``x``
-        whose estimated memory exceeds the budget (``cameras.budget``)."""
+        whose estimated memory exceeds the budget (``cameras.core.budget``)."""
         cost = self.pass_cost(x)
         if cost is None:
             return

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..budget import check_call, nominal_side
-from ..capture import dtype_errors, eval_mode, logits_of, model_input, widened
-from ..classes import check_indices
+from ..core.budget import check_call, nominal_side
+from ..core.capture import dtype_errors, eval_mode, logits_of, model_input, widened
+from ..core.classes import check_indices
 from .base import SaliencyMethod, scale_records
 
 BIAS_LAYERS = (nn.Conv2d, nn.BatchNorm2d)

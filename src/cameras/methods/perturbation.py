@@ -5,7 +5,7 @@ or the layer (Ablation-CAM) is changed one channel at a time, so an image costs 
 forward and backward pass plus C forward passes (C channels: 1280 for EfficientNet-Lite0's
 ``bn2``); Ablation-CAM runs the layers before the explained one once per batch of passes.
 The passes are batched (``batch_size`` per forward), checked against the memory budget
-for that batch (``cameras.budget``), shown with a progress bar on a terminal when there
+for that batch (``cameras.core.budget``), shown with a progress bar on a terminal when there
 are many (``progress``), and a KeyboardInterrupt stops the call with the model as it was
 (the capture's with-block puts hooks and flags back).
 """
@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from ..capture import LayerSpec
-from ..fusion import resize_grid
+from ..core.capture import LayerSpec
+from ..core.fusion import resize_grid
 from .smoothing import SmoothableCAM
 
 # Forward passes from which the progress bar shows (on a terminal; never in a pipe).

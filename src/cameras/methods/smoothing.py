@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..budget import check_call, nominal_side
-from ..capture import LayerSpec
-from ..fusion import normalise_maps, resize_grid
+from ..core.budget import check_call, nominal_side
+from ..core.capture import LayerSpec
+from ..core.fusion import normalise_maps, resize_grid
 from .base import SaliencyMethod, scale_records, top1_of
 
 # Test-time augmentations, in pytorch-grad-cam's (ttach's) order: (mirrored, factor).

@@ -6,7 +6,7 @@ writing in a thread); ``items`` is the plain picklable data the jobs pass around
 atomically; ``render`` draws overlays (in a process of its own); ``jobs`` assembles the
 explain and evaluate jobs from those. This package may import the library (methods,
 images, budget, session, evaluation, viz) and the standard library, torch and NumPy; it
-never imports a face (``cameras.cli``, ``cameras.web``) or Ray (``cameras.distributed``
+never imports a face (``cameras.cli``, ``cameras.web``); Ray only in ``ray.py`` (``cameras.run.ray``
 imports it, not the other way round). Inside the package, ``items`` and ``engine``
 import nothing of it; ``outputs`` and ``render`` import ``items``; ``jobs`` imports all.
 ``outputs`` (atomic writes, whole-line appends) is also the one writer the rest of the

@@ -10,7 +10,7 @@
 
 ``stream_local`` drives load and compute in this process, with loading in ``DataLoader``
 worker processes, and ``BackgroundWriter`` runs write in a thread while the model
-computes. ``cameras.distributed`` drives the very same load and compute functions on Ray.
+computes. ``cameras.run.ray`` drives the very same load and compute functions on Ray.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..budget import MemoryBudgetError
-from ..images import ImageError, load_image
+from ..core.budget import MemoryBudgetError
+from ..core.images import ImageError, load_image
 from ..methods import SaliencyMethod
 from ..session import top_classes
 from .engine import BackgroundWriter, same_size_batches, stream_local, worker_name
@@ -187,7 +187,7 @@ def evaluate_local(
     forward passes; see ``evaluation.Evaluator``)."""
     from functools import partial
 
-    from ..evaluation import load_item
+    from ..apps.evaluation import load_item
 
     yield from stream_local(
         records, partial(load_item, prep=prep), RecordScorer(evaluator), workers, batch_size

@@ -7,14 +7,14 @@ import io
 
 import torch
 
-from ..images import resize_map
+from ..core.images import resize_map
 from .items import ImageResult, RenderedFiles
 
 
 def render_outputs(result: ImageResult, cmap: str = "jet", alpha: float = 0.5) -> RenderedFiles:
     """The overlay and the map, both at the image's own size, encoded; pure, runs
     anywhere (the pipeline's render process, a Ray task)."""
-    from ..viz import npy_bytes, overlay
+    from ..apps.viz import npy_bytes, overlay
 
     height, width = result.pixels.shape[:2]
     saliency = resize_map(torch.from_numpy(result.saliency), height, width)

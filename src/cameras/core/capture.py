@@ -486,3 +486,33 @@ class LayerCapture:
         if output.dim() == 4 and not (self.family is not None and self.family.channels_last):
             return mask[:, :, None, None]
         return mask.reshape(mask.shape[0], *[1] * (output.dim() - 2), mask.shape[1])
+
+
+def check_batch(x: torch.Tensor) -> torch.Tensor:
+    """A (B, C, H, W) float batch from a batch or one (C, H, W) image; clear errors otherwise
+    (a ValueError for NaN or infinite values)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, not {type(x).__name__}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() == 4 and x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch {tuple(x.shape)}; pass at least one image")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor (preprocessed image), not {x.dtype}")
+    check_finite(x)
+    return x
+
+
+def check_finite(x: torch.Tensor, argument: str = "x") -> None:
+    """ValueError, saying how many, when ``x`` holds NaN or infinite values: the model
+    would give NaN scores, which no class or map can be read from."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = x[~finite]
+        nan = int(bad.isnan().sum())
+        raise ValueError(
+            f"{argument} has {bad.numel()} non-finite values of {x.numel()} ({nan} NaN, "
+            f"{bad.numel() - nan} infinite); pass a preprocessed image with finite pixels"
+        )

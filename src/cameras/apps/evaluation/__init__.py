@@ -12,12 +12,12 @@ Ray's ``map_batches``) without touching the maths:
 
 One module per job: ``loading`` (record -> Item), ``scoring`` (items -> rows),
 ``statistics`` (rows -> Summary), ``storage`` (rows and summaries on disk); the curve
-figure is drawn by ``cameras.viz``. Every name stays importable from here.
+figure is drawn by ``cameras.apps.viz``. Every name stays importable from here.
 
 Each annotated (image, class) pair is one unit: the class is explained, and every
 metric uses that class. Pointing and energy are measured on the map resized to the
 image's own size against the original boxes; map density and insertion/deletion run
-at the model input's size (see ``cameras.metrics``).
+at the model input's size (see ``cameras.apps.metrics``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ back afterwards), no hook is registered, and gradients are taken with respect to
 perturbation only (``torch.autograd.grad``), so parameters get no ``.grad`` and their
 ``requires_grad`` flags are never touched.
 
-Defaults (measured on the seven bundled photos with EfficientNet-Lite0; the README's
+Defaults (measured on the seven bundled photos with EfficientNet-Lite0; docs/benchmarks.md's
 attack section has the figures):
 
 - ``norm="linf"``: sign steps (Madry's PGD) of ``step_size=2/255`` per pixel, no eps bound,
@@ -55,9 +55,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import autograd_enabled, dtype_errors, eval_mode, logits_of, model_device, model_input
-from .classes import class_indices
-from .methods.base import check_batch
+from ..core.capture import (
+    autograd_enabled,
+    check_batch,
+    dtype_errors,
+    eval_mode,
+    logits_of,
+    model_device,
+    model_input,
+)
+from ..core.classes import class_indices, class_names_for
 from .metrics._forward import PixelTransform
 
 DEFAULT_STEPS = 100
@@ -173,8 +180,6 @@ def pgd(
     )
     x = check_batch(x).detach()
     if class_names is None:
-        from .models import class_names_for
-
         class_names = class_names_for(model)
     names = list(class_names) if class_names is not None else None
     device = model_device(model)

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture import model_device
-from ..images import resize_map
-from ..methods import check_method_names
+from ...core.capture import model_device
+from ...core.images import resize_map
+from ...methods import check_method_names
+from ...session import Session
 from ..metrics import (
     deletion,
     energy_pointing_game,
@@ -26,7 +27,6 @@ from ..metrics import (
 )
 from ..metrics.insertion import DEFAULT_STEPS
 from ..metrics.pointing import DEFAULT_TOLERANCE
-from ..session import Session
 from .loading import Item
 
 METRICS = ("pointing", "energy", "rho_plus", "rho_minus", "insertion", "deletion")
@@ -53,7 +53,7 @@ class EvalSettings:
     steps: insertion/deletion steps; tolerance: pointing game, in original pixels.
     batch_size: images per forward pass (maps, masked images, curve steps).
     scales: CAMERAS shorter-side sizes (None: its default rule); layer: None for auto.
-    fill: deletion's constant ("mean" or "black", see ``cameras.metrics.insertion``).
+    fill: deletion's constant ("mean" or "black", see ``cameras.apps.metrics.insertion``).
     """
 
     methods: tuple[str, ...] = DEFAULT_METHODS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..run.outputs import append_lines, complete_lines, open_atomically, write_atomically
+from ...core.files import append_lines, complete_lines, open_atomically, write_atomically
 from .scoring import METRICS, RESULT_FIELDS, EvalSettings
 from .statistics import Summary
 

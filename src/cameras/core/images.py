@@ -18,7 +18,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 # The largest image read, in pixels (a 12247 x 12247 photo). Its RGB pixels take 450 MB
 # and its float32 map 600 MB; a larger one is refused from its header, before decoding
-# (a 17 KB 1-bit PNG can hold 144 million pixels). README: "Reliability".
+# (a 17 KB 1-bit PNG can hold 144 million pixels). docs/reliability.md.
 MAX_IMAGE_PIXELS = 150_000_000
 
 

@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..capture import eval_mode, logits_of, model_device, model_input
+from ...core.capture import eval_mode, logits_of, model_device, model_input
 
 
 class PixelTransform(Protocol):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import resize_map
+from ..core.images import resize_map
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (import time)
     from matplotlib.figure import Figure
@@ -400,7 +400,7 @@ def save_png(
             picture = picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
         else:
             picture = picture.quantize(colors, dither=Image.Dither.NONE)
-    from .run.outputs import open_atomically
+    from ..core.files import open_atomically
 
     with open_atomically(path) as handle:
         picture.save(handle, format="PNG", optimize=True)
@@ -422,7 +422,7 @@ def save_figure(
     picture = figure_to_image(figure)
     if path.suffix.lower() == ".png":
         return save_png(picture, path, colors, dither)
-    from .run.outputs import open_atomically
+    from ..core.files import open_atomically
 
     with open_atomically(path) as handle:
         figure.savefig(handle, dpi=figure.dpi, format=path.suffix.lstrip(".").lower() or None)
@@ -439,7 +439,7 @@ def save_map(
 ) -> None:
     """What ``cameras explain`` and the web page write per map: the overlay at the
     image's size as ``png`` and the (H, W) float32 map in [0, 1] as ``npy`` (if given)."""
-    from .run.outputs import open_atomically
+    from ..core.files import open_atomically
 
     save_png(overlay(image, saliency, cmap, alpha), png)
     if npy is not None:

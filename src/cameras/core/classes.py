@@ -164,3 +164,20 @@ def check_indices(indices: torch.Tensor, num_classes: int) -> None:
 def class_label(index: int, class_names: Sequence[str] | None) -> str:
     """``"tabby (281)"``, or ``"class 281"`` for a model without names."""
     return f"{class_names[index]} ({index})" if class_names else f"class {index}"
+
+
+# The attribute where a model that load_model built keeps its class names, so methods can
+# accept names as targets without the caller passing them again (a user's own model is
+# never written to; its names come from ``config.id2label``, or the caller).
+CLASS_NAMES_ATTRIBUTE = "cameras_class_names"
+
+
+def class_names_for(model: object) -> list[str] | None:
+    """Class names of a model built by load_model, or from a Hugging Face ``config.id2label``."""
+    names = getattr(model, CLASS_NAMES_ATTRIBUTE, None)
+    if names is not None:
+        return list(names)
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(id2label, dict) and id2label:
+        return [str(id2label[i]) for i in sorted(id2label)]
+    return None

@@ -4,7 +4,7 @@ Both work in the original image's pixel grid: the map is resized to the image's 
 height and width and the boxes are the annotation's, so the 15-pixel tolerance is in
 original pixels, as in TorchRay's benchmark (which the CAMERAS paper used).
 
-Box convention (every reader in ``cameras.datasets`` converts to it): ``(x0, y0, x1, y1)``
+Box convention (every reader in ``cameras.apps.datasets`` converts to it): ``(x0, y0, x1, y1)``
 in pixel units, origin at the image's top-left corner, x1 and y1 exclusive. A box
 covers the pixels it overlaps: columns ``floor(x0) .. ceil(x1) - 1`` and rows
 ``floor(y0) .. ceil(y1) - 1``. A VOC box ``xmin=1, xmax=10`` (1-based, inclusive) is

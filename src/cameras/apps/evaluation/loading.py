@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...core.images import ImageError, load_image
 from ..datasets import Record, check_record
-from ..images import ImageError, load_image
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The memory budget: how large a model input may get, and what a CAMERAS call will cost.
 
-Two rules, stated in README ("Reliability") and applied on every path (the Python API,
+Two rules, stated in docs/reliability.md and applied on every path (the Python API,
 ``cameras explain`` and the other subcommands, the web page), since all of them go
 through ``Preprocess`` and the methods:
 

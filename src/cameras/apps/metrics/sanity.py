@@ -41,15 +41,15 @@ from torch import nn
 
 # The model side of the test (finding blocks, randomising copies) is the backend's; the
 # PyTorch one's functions stay importable from here.
-from ..backends import backend_for
-from ..backends.torch import (
+from ...backends import backend_for
+from ...backends.torch import (
     RANDOMISATION_MODES,
     Step,
     randomisation_steps,
     randomise_,
     randomised_models,
 )
-from ..capture import autograd_enabled
+from ...core.capture import autograd_enabled
 
 MODES = RANDOMISATION_MODES
 SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")

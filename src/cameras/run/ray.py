@@ -15,7 +15,7 @@ What runs where (the functions are ``cameras.run``'s, unchanged):
 It is Ray Core (tasks, actors, object references), not Ray Data: the job is a fixed list
 of inputs through three fixed stages, which Ray Core expresses directly; Ray Data's
 executor and its helper actors (statistics, autoscaling, actor locations) added CPU and
-start-up time to it on a small machine and nothing it needs (README, "Many images").
+start-up time to it on a small machine and nothing it needs (docs/scale-out.md).
 
 Faults: a file that fails to decode comes back as an error result (reported by name,
 skipped). An actor that dies is restarted by Ray and the calls it had not finished run
@@ -39,10 +39,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
-from .run.items import Explained, ImageResult, ImageTask, Scored
-from .run.jobs import ImageExplainer, RecordScorer, decode_image
-from .run.render import render_outputs
-from .session import SessionSpec
+from ..session import SessionSpec
+from .items import Explained, ImageResult, ImageTask, Scored
+from .jobs import ImageExplainer, RecordScorer, decode_image
+from .render import render_outputs
 
 INSTALL_HINT = "pip install 'cameras[ray]'"
 _ADDRESS = re.compile(r"^(local|auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
@@ -117,7 +117,7 @@ class EvaluateJob:
         return self.spec.device or "auto"
 
     def build(self, batch_size: int) -> Callable[[list], list]:
-        from .evaluation import Evaluator
+        from ..apps.evaluation import Evaluator
 
         return RecordScorer(Evaluator(self.spec.build(), settings=self.settings))
 
@@ -388,7 +388,7 @@ def evaluate_ray(
 ) -> Iterator[Scored]:
     """``(item, rows)`` per record, in record order, computed on Ray; hand them to
     ``run.jobs.save_records`` to store."""
-    from .evaluation import load_item
+    from ..apps.evaluation import load_item
 
     yield from stream_ray(
         records, partial(load_item, prep=prep), job, address, workers, batch_size, device=job.device

