@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.budget import check_call, nominal_side
-from ..core.capture import dtype_errors, eval_mode, logits_of, model_input, widened
+from ..core.capture import (
+    autograd_enabled,
+    dtype_errors,
+    eval_mode,
+    logits_of,
+    model_input,
+    widened,
+)
 from ..core.classes import check_indices
 from .base import SaliencyMethod, scale_records
 
@@ -66,8 +73,7 @@ class FullGradCapture:
     def __enter__(self) -> FullGradCapture:
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(torch.inference_mode(False))
-            stack.enter_context(torch.enable_grad())
+            stack.enter_context(autograd_enabled())  # as every capture: the caller's modes
             stack.enter_context(eval_mode(self.model))
             for layer in self.layers:
                 stack.callback(self._hook(layer).remove)
