@@ -331,18 +331,14 @@ class LayerCapture:
         self._channel_mask: torch.Tensor | None = None
 
     def __enter__(self) -> LayerCapture:
-        stack = contextlib.ExitStack()
         self._sizes_run = []
         self._thread = threading.get_ident()
-        try:
-            stack.enter_context(autograd_enabled())
-            stack.enter_context(shared_model_state(self.model, self.family))
-            handle = self.layer.register_forward_hook(self._hook)
-            stack.callback(handle.remove)
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+        # Entered together: if one step raises, those already entered are undone at once.
+        with contextlib.ExitStack() as opening:
+            opening.enter_context(autograd_enabled())
+            opening.enter_context(shared_model_state(self.model, self.family))
+            opening.callback(self.layer.register_forward_hook(self._hook).remove)
+            self._stack = opening.pop_all()
         return self
 
     def __exit__(self, *exc_info) -> None:

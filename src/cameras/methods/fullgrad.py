@@ -71,16 +71,13 @@ class FullGradCapture:
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> FullGradCapture:
-        stack = contextlib.ExitStack()
-        try:
-            stack.enter_context(autograd_enabled())  # as every capture: the caller's modes
-            stack.enter_context(eval_mode(self.model))
+        # Entered together, as LayerCapture does: a step that raises undoes the others.
+        with contextlib.ExitStack() as opening:
+            opening.enter_context(autograd_enabled())  # as every capture: the caller's modes
+            opening.enter_context(eval_mode(self.model))
             for layer in self.layers:
-                stack.callback(self._hook(layer).remove)
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+                opening.callback(self._hook(layer).remove)
+            self._stack = opening.pop_all()
         return self
 
     def __exit__(self, *exc_info) -> None:
