@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .classes import check_indices
+from .families import native_size, task_layer
 from .tokens import TokenFamily, token_family
 
 LayerSpec = str | nn.Module | None
@@ -168,6 +169,7 @@ class _SharedModelState:
                 stack = contextlib.ExitStack()
                 with contextlib.ExitStack() as opening:
                     opening.enter_context(eval_mode(model))
+                    opening.enter_context(native_size(model))
                     if family is not None:
                         opening.enter_context(family.accept_any_size())
                     stack = opening.pop_all()
@@ -226,6 +228,9 @@ def auto_layer_name(model: nn.Module) -> str:
     family = token_family(model)
     if family is not None:
         return family.auto_layer()
+    known = task_layer(model)  # a segmentation or detection family (core/families.py)
+    if known is not None:
+        return known
     device = model_device(model)
     small, _, _ = _probe_spatial_outputs(model, _PROBE_SIZES[0], device)
     large, counts, order = _probe_spatial_outputs(model, _PROBE_SIZES[1], device)
