@@ -1,0 +1,97 @@
+"""Small models of each segmentation and detection family, seeded, in eval mode: the
+same classes as torchvision's and Hugging Face's (so the same family and layer rules
+apply), with small backbones so that a forward and backward pass takes milliseconds."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+
+def tiny_segformer(**options) -> nn.Module:
+    """A SegFormer with four one-block stages of 8 to 32 channels and 4 classes."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        depths=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=[8, 16, 24, 32],
+        num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=16,
+        num_labels=4,
+        **options,
+    )
+    return SegformerForSemanticSegmentation(config).eval()
+
+
+def _small_dilated_features() -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
+
+    return mobilenet_v3_small(dilated=True).features  # 13 blocks, the last at stride 16
+
+
+def _small_fpn() -> nn.Module:
+    """ResNet-18 with a 32-channel FPN on layer2..4 and P6 / P7 (RetinaNet's and FCOS's)."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
+    return BackboneWithFPN(
+        resnet18(), layers, [128, 256, 512], 32, extra_blocks=LastLevelP6P7(32, 32)
+    )
+
+
+@functools.cache
+def tiny(name: str) -> nn.Module:
+    """The small model of one family (built once per test run: the library leaves a model
+    as it found it, which test_families checks)."""
+    from torchvision.models import detection
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+    from torchvision.models.segmentation.fcn import FCN, FCNHead
+    from torchvision.models.segmentation.lraspp import LRASPP
+
+    torch.manual_seed(0)
+    if name == "fcn":
+        model = FCN(
+            IntermediateLayerGetter(_small_dilated_features(), {"12": "out"}), FCNHead(576, 4)
+        )
+    elif name == "deeplabv3":
+        backbone = IntermediateLayerGetter(_small_dilated_features(), {"12": "out"})
+        model = DeepLabV3(backbone, DeepLabHead(576, 4))
+    elif name == "lraspp":
+        backbone = IntermediateLayerGetter(_small_dilated_features(), {"3": "low", "12": "high"})
+        model = LRASPP(backbone, 24, 576, 4, inter_channels=32)
+    elif name == "segformer":
+        model = tiny_segformer()
+    elif name == "fasterrcnn":
+        # Thresholds lowered so that random weights detect something (a user sets the same
+        # attributes: model.roi_heads.score_thresh, docs/targets.md).
+        model = detection.fasterrcnn_mobilenet_v3_large_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=5,
+            rpn_pre_nms_top_n_test=50,
+            rpn_post_nms_top_n_test=20,
+            box_score_thresh=0.0,
+            box_detections_per_img=10,
+        )
+    elif name == "retinanet":
+        model = detection.RetinaNet(_small_fpn(), num_classes=5, score_thresh=0.0)
+    elif name == "fcos":
+        model = detection.FCOS(_small_fpn(), num_classes=5, score_thresh=0.0)
+    elif name == "ssdlite":
+        model = detection.ssdlite320_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=5, score_thresh=0.0
+        )
+    else:
+        raise KeyError(name)
+    return model.eval()
+
+
+SEGMENTERS = ["fcn", "deeplabv3", "lraspp", "segformer"]
+DETECTORS = ["fasterrcnn", "retinanet", "fcos", "ssdlite"]
