@@ -187,7 +187,9 @@ def oracle_target_cameras(model, layer, image, scales, score_of, single_scale_gr
             low = torch.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
             up = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
             return _normalised(up[0, 0]), kept, scores
-        up_acts.append(F.interpolate(act, size=(height, width), mode="bilinear", align_corners=False))
+        up_acts.append(
+            F.interpolate(act, size=(height, width), mode="bilinear", align_corners=False)
+        )
         up_grads.append(
             F.interpolate(grad, size=(height, width), mode="bilinear", align_corners=False)
         )
