@@ -150,3 +150,55 @@ def oracle_token_cameras(
     if high > low:
         return (saliency - low) / (high - low), target, kept
     return torch.zeros_like(saliency), target, kept
+
+
+def oracle_target_cameras(model, layer, image, scales, score_of, single_scale_gradcam=False):
+    """CAMERAS for one image (1, 3, H, W) and any target, written from the definitions.
+
+    score_of(output, scaled_size, input_size) -> (score: 0-d tensor, present: bool) reads
+    the model's output at one scale. A scale counts where the target is present.
+    Returns ((H, W) map in [0, 1], kept scales, per-scale scores).
+    With ``single_scale_gradcam`` the map is instead Grad-CAM at the input's own size:
+    channels weighted by their mean gradient, summed, ReLU, bilinear upsampling.
+    """
+    height, width = image.shape[-2:]
+    up_acts, up_grads, kept, scores = [], [], [], []
+    for scale in scales:
+        scaled = oracle_resize(image, scale).detach().requires_grad_(True)
+        store = {}
+
+        def hook(_module, _inputs, output, store=store):
+            store["a"] = output
+            return output.clone()
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            output = model(scaled)
+        finally:
+            handle.remove()
+        score, present = score_of(output, tuple(scaled.shape[-2:]), (height, width))
+        scores.append(float(score.detach()))
+        if not present:
+            continue
+        (grad,) = torch.autograd.grad(score, store["a"])
+        kept.append(scale)
+        act = store["a"].detach()
+        if single_scale_gradcam:
+            low = torch.relu((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+            up = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+            return _normalised(up[0, 0]), kept, scores
+        up_acts.append(
+            F.interpolate(act, size=(height, width), mode="bilinear", align_corners=False)
+        )
+        up_grads.append(
+            F.interpolate(grad, size=(height, width), mode="bilinear", align_corners=False)
+        )
+    if not kept:
+        return torch.zeros(height, width), kept, scores
+    saliency = torch.relu((torch.stack(up_acts).mean(0) * torch.stack(up_grads).mean(0)).sum(1))[0]
+    return _normalised(saliency), kept, scores
+
+
+def _normalised(saliency):
+    low, high = saliency.min(), saliency.max()
+    return (saliency - low) / (high - low) if high > low else torch.zeros_like(saliency)

@@ -21,6 +21,7 @@ PACKAGE = Path(cameras.__file__).parent
 LIBRARY = {"core", "backends", "keras", "methods", "models", "session", "apps", "run"}
 ALLOWED = {
     "core": set(),
+    "targets": {"core"},
     # The Keras backend reaches its TensorFlow code in cameras.keras (imported when used).
     "backends": {"core", "keras"},
     "keras": {"core", "backends", "methods", "models", "session"},

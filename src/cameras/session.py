@@ -25,9 +25,10 @@ from PIL import Image
 from torch import nn
 
 from .backends import backend_for
-from .core.capture import check_batch, eval_mode, logits_of, model_input
+from .core.capture import check_batch, eval_mode, model_input
 from .core.classes import ClassLike, Targets, class_index, class_label, class_names_for
 from .core.images import load_image, resize_map
+from .core.targets import logits_of
 from .methods import CAMERAS, Explanation, SaliencyMethod, build_method
 from .models import (
     DEFAULT_MODEL,
@@ -280,15 +281,21 @@ class Session:
         method: str = CAMERAS.name,
         target: Targets = None,
         scales: Sequence[int] | None = None,
+        *,
+        targets: object = None,
     ) -> Explanation:
         """Explain a (B, 3, h, w) batch or one PIL image with ``method`` for ``target``
-        (None: each image's top-1; an index or name; or one per image).
+        (None: each image's top-1; an index or name; a ``cameras.targets`` target such
+        as ``Region``, ``Box``, ``Classes`` or ``Similarity``; or one per image).
+        ``targets=`` is the same argument under the methods' name.
 
         As the methods: works under ``torch.no_grad()`` / ``torch.inference_mode()``,
         with float16 / bfloat16 models (maps in float32), and refuses non-finite input."""
+        if target is not None and targets is not None:
+            raise ValueError("pass target= or targets=, not both")
         if isinstance(x, Image.Image):
             x = self.input(x)
-        return self.method(method, scales)(x, targets=target)
+        return self.method(method, scales)(x, targets=target if targets is None else targets)
 
     @staticmethod
     def map_at_image_size(result: Explanation, image: Image.Image, i: int = 0) -> np.ndarray:

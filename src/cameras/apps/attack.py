@@ -60,11 +60,11 @@ from ..core.capture import (
     check_batch,
     dtype_errors,
     eval_mode,
-    logits_of,
     model_device,
     model_input,
 )
 from ..core.classes import class_indices, class_names_for
+from ..core.targets import logits_of
 from .metrics._forward import PixelTransform
 
 DEFAULT_STEPS = 100

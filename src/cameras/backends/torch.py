@@ -17,12 +17,12 @@ from ..core.capture import (
     check_batch,
     check_channels_first,
     eval_mode,
-    logits_of,
     model_device,
     model_dtype,
     resolve_layer,
     widened,
 )
+from ..core.targets import logits_of
 
 RANDOMISATION_MODES = ("cascading", "independent")
 _NORMALISATION = (

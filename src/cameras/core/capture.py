@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .classes import check_indices
 from .families import native_size, task_layer
+from .targets import Class, Target, class_scores_or_none
 from .tokens import TokenFamily, token_family
 
 LayerSpec = str | nn.Module | None
@@ -108,30 +108,6 @@ def dtype_errors(model: nn.Module) -> Iterator[None]:
             f"the model's dtype {dtype} is not supported here on {model_device(model)} "
             f"({reason}); convert a copy with model.float() or use another device"
         ) from error
-
-
-def logits_of(output: object) -> torch.Tensor:
-    """The (B, K) class scores from a model's output: a tensor, an object with
-    ``.logits`` (Hugging Face style), a dict with ``"logits"``, or a tuple whose
-    first element is the scores."""
-    if isinstance(output, torch.Tensor):
-        scores = output
-    elif hasattr(output, "logits"):
-        scores = output.logits
-    elif isinstance(output, dict) and "logits" in output:
-        scores = output["logits"]
-    elif isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-        scores = output[0]
-    else:
-        raise TypeError(
-            f"the model returned {type(output).__name__}; expected a (B, K) tensor of class "
-            "scores or an object with .logits"
-        )
-    if scores.dim() != 2:
-        raise ValueError(
-            f"the model's class scores have shape {tuple(scores.shape)}; expected (B, K)"
-        )
-    return scores
 
 
 @contextlib.contextmanager
@@ -295,22 +271,23 @@ class ScaleCapture:
     """What one forward/backward pass at one input size gives (float32 for a float16 or
     bfloat16 model)."""
 
-    logits: torch.Tensor  # (B, K), detached
+    logits: torch.Tensor | None  # (B, K) class scores, detached; None for other outputs
     activations: torch.Tensor  # (B, C, h, w), detached
-    gradients: torch.Tensor  # (B, C, h, w): d logit_target / d activations
+    gradients: torch.Tensor  # (B, C, h, w): d score / d activations
     # The fraction of the input's (height, width) the grid spans, when that is not exactly
     # the input: a token grid padded to whole patches (> 1) or one that dropped a remainder
     # (< 1). See fusion.interpolation_matrix.
     covered: tuple[float, float] | None = None
+    score: torch.Tensor | None = None  # (B,) the target's score, detached (float32)
+    present: torch.Tensor | None = None  # (B,) bool: the target is there at this size
 
 
 class LayerCapture:
     """Hooks one layer for the duration of a ``with`` block.
 
-    Inside the block, ``run(x, targets)`` does one forward pass and one backward pass
-    that stops at the layer. ``targets`` may be a (B,) tensor of class indices or a
-    callable ``(logits) -> targets``, evaluated once the scores are known (used to take
-    the top-1 class of the first scale).
+    Inside the block, ``run(x, target)`` does one forward pass and one backward pass
+    that stops at the layer, for a target of ``cameras.core.targets`` (the score to
+    back-propagate, and whether the target is present at this size).
 
     Token models (``tokens.token_family``) accept any input size inside the block, and
     their tokens come out as (B, C, h, w) grids unless ``reshape_transform`` is given.
@@ -375,23 +352,26 @@ class LayerCapture:
     def run(
         self,
         x: torch.Tensor,
-        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[ScaleCapture, torch.Tensor]:
-        """Forward ``x`` (B, 3, h, w), back-propagate the targets' pre-softmax scores to the layer.
+        target: Target | torch.Tensor,
+        input_size: tuple[int, int] | None = None,
+    ) -> tuple[ScaleCapture, Target]:
+        """Forward ``x`` (B, 3, h, w), back-propagate the target's score to the layer.
 
-        ``x`` is cast to the model's dtype. Returns the capture and the (B,) targets
-        actually used.
+        target: a bound ``cameras.core.targets`` target (``as_target``), or a (B,) tensor of
+        class indices. input_size: the (height, width) of the caller's input, in whose
+        coordinates boxes and masks are given (default: ``x``'s own). ``x`` is cast to the
+        model's dtype. Returns the capture and the target (a class target that took the
+        top-1 keeps it for the next scales).
         """
         if self._stack is None:
             raise RuntimeError("LayerCapture.run must be called inside its with-block")
+        if isinstance(target, torch.Tensor):
+            target = Class(target).bind(x.shape[0], None)
+        size = (int(x.shape[2]), int(x.shape[3]))
         with dtype_errors(self.model):
-            return self._run(model_input(x, self.model), targets)
+            return self._run(model_input(x, self.model), target, input_size or size), target
 
-    def _run(
-        self,
-        x: torch.Tensor,
-        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[ScaleCapture, torch.Tensor]:
+    def _run(self, x: torch.Tensor, target: Target, input_size: tuple[int, int]) -> ScaleCapture:
         self._leaves.clear()
         with torch.no_grad():
             output = self._forward(x)
@@ -407,26 +387,8 @@ class LayerCapture:
                 "pick a layer that runs exactly once"
             )
         leaf = leaves[0]
-        logits = logits_of(output)
-        if callable(targets):
-            targets = targets(logits.detach())
-        targets = targets.to(logits.device)
-        check_indices(targets, logits.shape[1])
-        if not logits.requires_grad:
-            raise RuntimeError(
-                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
-                "that feeds the classifier"
-            )
-        score = logits.gather(1, targets[:, None]).sum()
-        try:
-            (gradients,) = torch.autograd.grad(score, leaf)
-        except RuntimeError as error:  # the scores come from a path that skips the layer
-            if "not have been used in the graph" not in str(error):
-                raise
-            raise RuntimeError(
-                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
-                "that feeds the classifier"
-            ) from None
+        score, present = target(output, (x.shape[2], x.shape[3]), input_size)
+        gradients = self._gradients(score, leaf)
         activations, gradients = widened(leaf.detach()), widened(gradients)
         covered = None
         if self.reshape_transform is not None:
@@ -442,8 +404,36 @@ class LayerCapture:
                 "saliency map needs (B, C, h, w): pick a convolutional layer or pass "
                 "reshape_transform"
             )
-        capture = ScaleCapture(widened(logits.detach()), activations, gradients.detach(), covered)
-        return capture, targets
+        logits = class_scores_or_none(output)
+        if logits is not None:
+            logits = widened(logits.detach())
+        return ScaleCapture(
+            logits,
+            activations,
+            gradients.detach(),
+            covered,
+            widened(score.detach()),
+            present,
+        )
+
+    def _gradients(self, score: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+        """d sum(score) / d leaf. A score with no graph (a box that no detection matches at
+        this size) gives zeros; a graph that skips the layer is an error."""
+        not_on_path = RuntimeError(
+            f"the scores explained do not depend on layer {self.layer_name!r}; pick a layer "
+            "that feeds the model's output"
+        )
+        if not score.requires_grad:
+            if score.grad_fn is None and not bool(score.detach().ne(0).any()):
+                return torch.zeros_like(leaf)
+            raise not_on_path
+        try:
+            (gradients,) = torch.autograd.grad(score.sum(), leaf)
+        except RuntimeError as error:  # the score comes from a path that skips the layer
+            if "not have been used in the graph" not in str(error):
+                raise
+            raise not_on_path from None
+        return gradients
 
     def _forward(self, x: torch.Tensor) -> object:
         """The model's output for ``x``; a model that cannot run at this input size (a
@@ -464,20 +454,28 @@ class LayerCapture:
             self._sizes_run.append(size)
         return output
 
-    def scores(self, x: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) class scores of ``x``: one forward pass, no gradient (float32).
+    def target_scores(
+        self,
+        x: torch.Tensor,
+        target: Target,
+        input_size: tuple[int, int] | None = None,
+        channel_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B,) scores of ``target`` for ``x``: one forward pass, no gradient (float32).
 
         channel_mask: (B, C) factors for the layer's channels on the way through (0 removes
         a channel: Ablation-CAM); None leaves the layer's output as it is.
         """
         if self._stack is None:
-            raise RuntimeError("LayerCapture.scores must be called inside its with-block")
+            raise RuntimeError("LayerCapture.target_scores must be called inside its with-block")
         x = model_input(x, self.model)
         ones = torch.ones(x.shape[0], 1, device=x.device, dtype=x.dtype)
         self._channel_mask = ones if channel_mask is None else channel_mask.to(x.device, x.dtype)
+        size = (int(x.shape[2]), int(x.shape[3]))
         try:
             with torch.no_grad(), dtype_errors(self.model):
-                return widened(logits_of(self._forward(x)).detach())
+                score, _ = target(self._forward(x), size, input_size or size)
+                return widened(score.detach())
         finally:
             self._channel_mask = None
 

@@ -20,25 +20,39 @@ import tensorflow as tf
 import torch
 
 from ..core.capture import ScaleCapture
+from ..core.targets import Class, Target
 from .network import FlexibleNetwork, KerasModelError, wrapped_calls
 
 
-def scores_of(output: object) -> tf.Tensor:
-    """The (B, K) class scores from a Keras model's output: a tensor, the first of a list
-    or tuple, or a dict's ``"logits"``."""
+def main_output(output: object) -> tf.Tensor:
+    """The tensor a Keras model's output explains: a tensor, the first of a list or tuple,
+    or a dict's ``"logits"``."""
     if isinstance(output, dict) and "logits" in output:
         output = output["logits"]
     elif isinstance(output, list | tuple) and output:
         output = output[0]
     if not tf.is_tensor(output):
         raise TypeError(
-            f"the model returned {type(output).__name__}; expected a (B, K) tensor of scores"
-        )
-    if output.shape.rank != 2:
-        raise ValueError(
-            f"the model's class scores have shape {tuple(output.shape)}; expected (B, K)"
+            f"the model returned {type(output).__name__}; expected a tensor (class scores, "
+            "a segmentation map or an embedding)"
         )
     return output
+
+
+def scores_of(output: object) -> tf.Tensor:
+    """The (B, K) class scores of a Keras classifier's output."""
+    scores = main_output(output)
+    if scores.shape.rank != 2:
+        raise ValueError(
+            f"the model's class scores have shape {tuple(scores.shape)}; expected (B, K)"
+        )
+    return scores
+
+
+def as_torch_layout(values: torch.Tensor) -> torch.Tensor:
+    """A Keras output in PyTorch's layout, which the targets read: a (B, h, w, K)
+    segmentation map becomes (B, K, h, w); other ranks stay as they are."""
+    return values.permute(0, 3, 1, 2) if values.dim() == 4 else values
 
 
 class KerasCapture:
@@ -98,62 +112,78 @@ class KerasCapture:
     def run(
         self,
         x: torch.Tensor,
-        targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[ScaleCapture, torch.Tensor]:
-        """Forward ``x`` (B, C, h, w), back-propagate the targets' pre-softmax scores to the
-        layer. Returns the capture (torch tensors, CPU) and the (B,) targets used."""
+        target: Target | torch.Tensor,
+        input_size: tuple[int, int] | None = None,
+    ) -> tuple[ScaleCapture, Target]:
+        """Forward ``x`` (B, C, h, w), back-propagate the target's score to the layer.
+        Returns the capture (torch tensors, CPU) and the target.
+
+        The target (``cameras.core.targets``) reads the output as a torch tensor; the
+        gradient of its score with respect to that output is handed back to TensorFlow's
+        tape (a vector-Jacobian product), so every target works on Keras unchanged."""
         if self._stack is None:
             raise RuntimeError("KerasCapture.run must be called inside its with-block")
+        if isinstance(target, torch.Tensor):
+            target = Class(target).bind(x.shape[0], None)
+        size = (int(x.shape[2]), int(x.shape[3]))
         images = tf.convert_to_tensor(x.detach().cpu().permute(0, 2, 3, 1).numpy())
         self._outputs, self._tape = [], None
         try:
-            try:
-                output = self.network.copy(images, training=False)
-            except Exception as error:  # noqa: BLE001 - TensorFlow's errors vary by layer
-                height, width = x.shape[2:]
-                first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-                raise KerasModelError(
-                    f"model {self.network.name!r} does not run at input size "
-                    f"{height}x{width} ({type(error).__name__}: {first}); a layer such as "
-                    "Flatten or Reshape may fix the size"
-                ) from None
-            scores = scores_of(output)
+            output = main_output(self._forward(images, size))
             if len(self._outputs) != 1:
                 raise RuntimeError(
                     f"layer {self.layer_name!r} ran {len(self._outputs)} times in one forward "
                     "pass; pick a layer that runs exactly once"
                 )
-            logits = torch.from_numpy(np.array(scores, dtype=np.float32))
-            if callable(targets):
-                targets = targets(logits)
-            targets = targets.to(torch.long).cpu()
-            num_classes = logits.shape[1]
-            bad = (targets < 0) | (targets >= num_classes)
-            if bad.any():
-                raise ValueError(
-                    f"class {int(targets[bad][0])} is out of range: the model has "
-                    f"{num_classes} classes"
-                )
-            chosen = tf.gather(scores, tf.constant(targets.numpy()[:, None]), batch_dims=1)
-            score = tf.reduce_sum(tf.cast(chosen, tf.float32))
+            seen = torch.from_numpy(np.array(output, dtype=np.float32)).requires_grad_(True)
+            score, present = target(as_torch_layout(seen), size, input_size or size)
         finally:
             tape, self._tape = self._tape, None
             if tape is not None:
                 tape.__exit__(None, None, None)
-        output = self._outputs[0]
+        layer_output = self._outputs[0]
         if tape is None:
             raise TypeError(
-                f"layer {self.layer_name!r} returned {type(output).__name__}; pick a layer "
+                f"layer {self.layer_name!r} returned {type(layer_output).__name__}; pick a layer "
                 "whose output is a tensor"
             )
-        gradients = tape.gradient(score, output)
+        gradients = self._layer_gradients(tape, output, layer_output, score, seen)
+        logits = seen.detach() if seen.dim() == 2 else None
+        capture = ScaleCapture(
+            logits,
+            self._to_grid(layer_output),
+            self._to_grid(gradients),
+            score=score.detach().float(),
+            present=present,
+        )
+        return capture, target
+
+    def _forward(self, images: tf.Tensor, size: tuple[int, int]) -> object:
+        try:
+            return self.network.copy(images, training=False)
+        except Exception as error:  # noqa: BLE001 - TensorFlow's errors vary by layer
+            first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            raise KerasModelError(
+                f"model {self.network.name!r} does not run at input size "
+                f"{size[0]}x{size[1]} ({type(error).__name__}: {first}); a layer such as "
+                "Flatten or Reshape may fix the size"
+            ) from None
+
+    def _layer_gradients(self, tape, output, layer_output, score, seen) -> tf.Tensor:
+        """d sum(score) / d layer output: the score's gradient at the model's output (torch),
+        then TensorFlow's tape from the output back to the layer."""
+        if not score.requires_grad:  # nothing to explain at this size (no matching box)
+            return tf.zeros_like(layer_output)
+        (at_output,) = torch.autograd.grad(score.sum(), seen)
+        gradients = tape.gradient(
+            output, layer_output, output_gradients=tf.constant(at_output.numpy(), output.dtype)
+        )
         if gradients is None:
             raise RuntimeError(
-                f"the class scores do not depend on layer {self.layer_name!r}; pick a layer "
-                "that feeds the classifier"
+                f"the scores explained do not depend on layer {self.layer_name!r}; pick a "
+                "layer that feeds the model's output"
             )
-        activations = self._to_grid(output)
-        return ScaleCapture(logits, activations, self._to_grid(gradients)), targets
+        return gradients
 
     def _to_grid(self, tensor: tf.Tensor) -> torch.Tensor:
         values = torch.from_numpy(np.array(tensor, dtype=np.float32))
@@ -168,17 +198,27 @@ class KerasCapture:
             )
         return values.contiguous()
 
-    def scores(self, x: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) class scores of ``x`` (B, C, h, w): one forward pass, no tape (float32,
-        CPU). channel_mask: (B, C) factors for the layer's channels (its last axis) on the
-        way through; None leaves the layer's output as it is."""
+    def target_scores(
+        self,
+        x: torch.Tensor,
+        target: Target,
+        input_size: tuple[int, int] | None = None,
+        channel_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B,) scores of ``target`` for ``x`` (B, C, h, w): one forward pass, no tape
+        (float32, CPU). channel_mask: (B, C) factors for the layer's channels (its last
+        axis) on the way through; None leaves the layer's output as it is."""
         if self._stack is None:
-            raise RuntimeError("KerasCapture.scores must be called inside its with-block")
+            raise RuntimeError("KerasCapture.target_scores must be called inside its with-block")
         images = tf.convert_to_tensor(x.detach().cpu().permute(0, 2, 3, 1).numpy())
         mask = torch.ones(x.shape[0], 1) if channel_mask is None else channel_mask.cpu()
         self._channel_mask = tf.constant(mask.float().numpy())
+        size = (int(x.shape[2]), int(x.shape[3]))
         try:
-            output = self.network.copy(images, training=False)
+            output = main_output(self.network.copy(images, training=False))
         finally:
             self._channel_mask = None
-        return torch.from_numpy(np.array(scores_of(output), dtype=np.float32))
+        seen = torch.from_numpy(np.array(output, dtype=np.float32))
+        with torch.no_grad():
+            score, _ = target(as_torch_layout(seen), size, input_size or size)
+        return score.float()

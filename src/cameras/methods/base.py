@@ -10,8 +10,9 @@ from torch import nn
 
 from ..core.budget import PassCost
 from ..core.capture import LayerCapture, LayerSpec, autograd_enabled
-from ..core.classes import Targets, class_index, class_indices, class_names_for
+from ..core.classes import class_index, class_names_for
 from ..core.fusion import normalise_maps
+from ..core.targets import Class, PerImage, Target, as_target
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,10 @@ class ScaleRecord:
 
     scale: int  # the input's shorter side at this step
     size: tuple[int, int]  # (height, width) fed to the model
-    top1: int
-    probability: float  # softmax probability of top1
+    top1: int | None  # None where the model's output is no (B, K) class score
+    probability: float | None  # softmax probability of top1
     kept: bool
+    score: float | None = None  # the target's score at this size (what was explained)
 
 
 @dataclass
@@ -31,15 +33,18 @@ class Explanation:
 
     maps: (B, H, W) float32 in [0, 1], the input batch's height and width, on the
         input's device (a NumPy array from ``cameras.keras``, as is ``probabilities``).
-    targets: the class explained, per image.
-    scales: per image, one ScaleRecord per input size tried (kept or not).
-    probabilities: (B, K) softmax of the model's scores at the input's own size.
+    targets: what was explained, per image: the class index for a class target, else the
+        image's target (``cameras.targets``).
+    scales: per image, one ScaleRecord per input size tried (kept or not), with the
+        target's score at that size.
+    probabilities: (B, K) softmax of the model's scores at the first scale; None for a
+        model whose output is not a (B, K) class score.
     """
 
     maps: torch.Tensor
-    targets: list[int]
+    targets: list[int | Target]
     scales: list[list[ScaleRecord]]
-    probabilities: torch.Tensor
+    probabilities: torch.Tensor | None
     method: str
     layer: str
     class_names: list[str] | None = None
@@ -48,7 +53,21 @@ class Explanation:
     def target_names(self) -> list[str] | None:
         if self.class_names is None:
             return None
-        return [self.class_names[t] for t in self.targets]
+        return [
+            self.class_names[t] if isinstance(t, int) else t.label(i, self.class_names)
+            for i, t in enumerate(self.targets)
+        ]
+
+    @property
+    def target_labels(self) -> list[str]:
+        """Per image, a short description of what was explained ("tabby (281)",
+        "box 10,20,90,120 dog (18)", "region of person (15)")."""
+        return [
+            (f"{self.class_names[t]} ({t})" if self.class_names else f"class {t}")
+            if isinstance(t, int)
+            else t.label(i, self.class_names)
+            for i, t in enumerate(self.targets)
+        ]
 
     @property
     def scale_warnings(self) -> list[str | None]:
@@ -110,11 +129,13 @@ class SaliencyMethod:
         self.reshape_transform = reshape_transform
         self._pass_cost: PassCost | None = None
 
-    def __call__(self, x: torch.Tensor, targets: Targets = None) -> Explanation:
+    def __call__(self, x: torch.Tensor, targets: object = None) -> Explanation:
         """Explain a (B, 3, H, W) batch (or one (3, H, W) image) for ``targets``.
 
-        targets: None (each image's top-1 class), an int or class name (all images),
-        or a sequence with one int or name per image.
+        targets: None (each image's top-1 class), an int or class name (all images), a
+        target of ``cameras.targets`` (``Classes``, ``Region``, ``Box``, ``Similarity``)
+        or any callable with the target signature (all images), or a sequence with one
+        of those per image.
 
         Works inside ``torch.no_grad()`` and ``torch.inference_mode()``: the call turns on
         what it needs and puts the caller's modes back (also after an error). A float16 or
@@ -130,9 +151,11 @@ class SaliencyMethod:
                 maps, used, scales, probabilities = self._explain(capture, x, wanted)
             return Explanation(
                 maps=backend.output(normalise_maps(maps.float()), source),
-                targets=[int(t) for t in used],
+                targets=explained(used, x.shape[0]),
                 scales=scales,
-                probabilities=backend.output(probabilities, source),
+                probabilities=None
+                if probabilities is None
+                else backend.output(probabilities, source),
                 method=self.name,
                 layer=self.layer_name,
                 class_names=self.class_names,
@@ -153,32 +176,80 @@ class SaliencyMethod:
         return self.backend.capture(self.layer, self.reshape_transform)
 
     def _explain(
-        self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, list[list[ScaleRecord]], torch.Tensor]:
+        self, capture: LayerCapture, x: torch.Tensor, targets: Target | None
+    ) -> tuple[torch.Tensor, Target, list[list[ScaleRecord]], torch.Tensor | None]:
+        """(raw maps (B, H, W), the target used, records per image, probabilities).
+
+        targets: the call's bound target, or None for each image's top-1 class (a
+        ``Class(None)`` target takes it at the first pass).
+        """
         raise NotImplementedError
 
     def class_index(self, target: int | str) -> int:
         """A class index from an index or a class name (the rule in ``cameras.core.classes``)."""
         return class_index(target, self.class_names)
 
-    def _check_targets(self, targets: Targets, batch: int) -> torch.Tensor | None:
-        return class_indices(self.backend.plain_targets(targets), batch, self.class_names)
+    def _check_targets(self, targets: object, batch: int) -> Target | None:
+        return as_target(self.backend.plain_targets(targets), batch, self.class_names)
 
 
-def top1_of(logits: torch.Tensor) -> torch.Tensor:
-    """Each row's top-1 class (used when no class is given)."""
-    return logits.argmax(1)
+def target_or_top1(targets: Target | None) -> Target:
+    """The call's target; with none given, a class target that takes each image's top-1
+    class at the first pass and keeps it."""
+    return Class(None) if targets is None else targets
+
+
+def explained(target: Target, batch: int) -> list[int | Target]:
+    """Per image, the class index of a class target (one read of the device), else the
+    image's own target."""
+    if isinstance(target, Class):
+        return [int(t) for t in target.indices.tolist()]
+    if isinstance(target, PerImage):
+        return [t.class_of(i) if isinstance(t, Class) else t for i, t in enumerate(target.targets)]
+    return [target] * batch
+
+
+def probabilities_of(logits: torch.Tensor | None) -> torch.Tensor | None:
+    """Softmax of (B, K) class scores; None for a model without them."""
+    return None if logits is None else torch.softmax(logits.float(), 1)
+
+
+def scale_row(logits: torch.Tensor | None, score: torch.Tensor, kept: torch.Tensor):
+    """(B, 4) float32 on the scores' device: top-1, its probability, the target's score and
+    whether the scale was kept. Gathered per scale and read back once per call
+    (``scale_records``), so a call costs one device read, whatever its scales."""
+    if logits is None:  # no class scores: top-1 and probability are unknown (-1, NaN)
+        top1 = torch.full_like(score, -1.0)
+        probability = torch.full_like(score, float("nan"))
+    else:
+        # top1 from the scores, as the scale rule takes it: near-equal scores can round to
+        # equal probabilities, whose max would name another class.
+        best = logits.argmax(1)
+        probability = torch.softmax(logits.float(), 1).gather(1, best[:, None])[:, 0]
+        top1 = best.float()
+    return torch.stack([top1, probability, score.float(), kept.float()], 1)
 
 
 def scale_records(
-    logits: torch.Tensor, scale: int, size: tuple[int, int], kept: torch.Tensor
-) -> list[ScaleRecord]:
-    """One ScaleRecord per image for the scores ``logits`` (B, K) at one input size."""
-    # top1 from the scores, as the scale rule takes it: near-equal scores can round to
-    # equal probabilities, whose max would name another class.
-    top1 = top1_of(logits)
-    probability = torch.softmax(logits.float(), 1).gather(1, top1[:, None])[:, 0]
-    return [
-        ScaleRecord(scale, size, int(c), float(p), bool(k))
-        for c, p, k in zip(top1.tolist(), probability.tolist(), kept.tolist(), strict=True)
-    ]
+    rows: Sequence[torch.Tensor], scales: Sequence[int], sizes: Sequence[tuple[int, int]]
+) -> list[list[ScaleRecord]]:
+    """Per image, one ScaleRecord per scale from the ``scale_row`` of each scale."""
+    table = torch.stack(rows).cpu().tolist()  # (T, B, 4): the call's one read
+    per_image = []
+    for image in range(len(table[0])):
+        records = []
+        for scale, size, row in zip(scales, sizes, table, strict=True):
+            top1, probability, score, kept = row[image]
+            known = top1 >= 0
+            records.append(
+                ScaleRecord(
+                    scale,
+                    tuple(size),
+                    int(top1) if known else None,
+                    probability if known else None,
+                    bool(kept),
+                    score,
+                )
+            )
+        per_image.append(records)
+    return per_image

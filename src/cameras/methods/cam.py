@@ -53,4 +53,8 @@ class CAM(SmoothableCAM):
                 f"layer {self.layer_name!r} has {activations.shape[1]} channels but the linear "
                 f"head takes {weight.shape[1]}: pick the layer that is pooled into the head"
             )
-        return weight[targets.to(activations.device)][:, :, None, None] * activations
+        classes = [targets.class_of(b) for b in range(activations.shape[0])]
+        if any(c is None for c in classes):
+            raise ValueError("cam explains one class per image: pass a class, not a box or set")
+        rows = torch.tensor(classes, device=activations.device)
+        return weight[rows][:, :, None, None] * activations

@@ -11,7 +11,8 @@ from torch import nn
 from ..core.budget import capped_size, check_call, is_extreme, nominal_side
 from ..core.capture import LayerCapture, LayerSpec
 from ..core.fusion import fuse_scales
-from .base import SaliencyMethod, ScaleRecord, scale_records, top1_of
+from ..core.targets import Target
+from .base import SaliencyMethod, probabilities_of, scale_records, scale_row, target_or_top1
 
 # The paper's scales for a 224 input: 224, 324, ..., 924. Other inputs use the same
 # factors of their shorter side (s / 224), so a 448 input goes up to 1848.
@@ -31,12 +32,25 @@ DEFAULT_RULE = "all"
 
 
 def kept_by_rule(rule: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: whether a scale with class scores ``logits`` (B, K) counts for ``targets``."""
+    """(B,) bool: whether a scale with class scores ``logits`` (B, K) counts for ``targets``:
+    (B,) class indices, or (B, n) sets of classes, each of which must rank (a set of n
+    classes counts within the top max(k, n))."""
+    ranked = targets if targets.dim() == 2 else targets[:, None]
     if rule == "all":
-        return torch.ones_like(targets, dtype=torch.bool)
-    k = 1 if rule == "top1" else 5
+        return torch.ones(ranked.shape[0], dtype=torch.bool, device=ranked.device)
+    k = max(1 if rule == "top1" else 5, ranked.shape[1])
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return (top == targets[:, None]).any(1)
+    return (top[:, :, None] == ranked.to(top.device)[:, None, :]).any(1).all(1)
+
+
+def kept_at_scale(rule: str, logits: torch.Tensor | None, target: Target, present: torch.Tensor):
+    """(B,) bool: whether a scale counts. A class target (or set of classes) counts by the
+    rule's ranks; any other target where it is present (a region its class holds, a
+    box a detection matches): its score elsewhere would explain something else."""
+    ranked = target.ranked_classes
+    if ranked is None or logits is None:
+        return present
+    return kept_by_rule(rule, logits, ranked)
 
 
 def default_scales(shorter_side: int, largest: int = PAPER_SCALES[-1]) -> list[int]:
@@ -154,29 +168,29 @@ class CAMERAS(SaliencyMethod):
             return self.rule
         return DEFAULT_RULE if targets is None else "all"
 
-    def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: torch.Tensor | None):
+    def _explain(self, capture: LayerCapture, x: torch.Tensor, targets: Target | None):
         height, width = x.shape[2:]
         rule = self.rule_for(targets)
-        activations, gradients, covered, kept, records = [], [], [], [], []
+        target = target_or_top1(targets)
+        activations, gradients, covered, kept, rows, sizes = [], [], [], [], [], []
         probabilities = None
-        wanted: torch.Tensor | Callable = top1_of if targets is None else targets
         scales = self.scales_for(height, width)
         self.check_budget(x, scales)
         for scale in scales:
             scaled = resize_to_scale(x, scale)
-            step, wanted = capture.run(scaled, wanted)
-            if probabilities is None:
-                probabilities = torch.softmax(step.logits.float(), 1)
-            keep = kept_by_rule(rule, step.logits, wanted)
+            step, target = capture.run(scaled, target, (height, width))
+            if not rows:
+                probabilities = probabilities_of(step.logits)
+            keep = kept_at_scale(rule, step.logits, target, step.present)
             activations.append(step.activations)
             gradients.append(step.gradients)
             covered.append(getattr(step, "covered", None))  # token grids padded to whole patches
             kept.append(keep)
-            records.append(scale_records(step.logits, scale, tuple(scaled.shape[2:]), keep))
+            rows.append(scale_row(step.logits, step.score, keep))
+            sizes.append(tuple(scaled.shape[2:]))
         kept_mask = torch.stack(kept, 1).float()  # (B, T)
-        # An image with no kept scale (a rule given with a class its scales never rank)
-        # gets an all-zero map.
+        # An image with no kept scale (a rule given with a class its scales never rank, a
+        # box no detection matches) gets an all-zero map.
         weights = kept_mask / kept_mask.sum(1, keepdim=True).clamp(min=1)
         maps = fuse_scales(activations, gradients, weights, (height, width), covered)
-        per_image: list[list[ScaleRecord]] = [list(r) for r in zip(*records, strict=True)]
-        return maps, wanted, per_image, probabilities
+        return maps, target, scale_records(rows, scales, sizes), probabilities

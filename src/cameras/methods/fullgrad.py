@@ -30,12 +30,17 @@ from ..core.capture import (
     autograd_enabled,
     dtype_errors,
     eval_mode,
-    logits_of,
     model_input,
     widened,
 )
-from ..core.classes import check_indices
-from .base import SaliencyMethod, scale_records
+from ..core.targets import Target, class_scores_or_none
+from .base import (
+    SaliencyMethod,
+    probabilities_of,
+    scale_records,
+    scale_row,
+    target_or_top1,
+)
 
 BIAS_LAYERS = (nn.Conv2d, nn.BatchNorm2d)
 
@@ -97,21 +102,26 @@ class FullGradCapture:
         self.outputs.append(output)
         return output.clone()
 
-    def run(self, x: torch.Tensor, targets):
-        """(terms (B, H, W) before the last normalisation, logits, targets used)."""
+    def run(self, x: torch.Tensor, target: Target):
+        """(terms (B, H, W) before the last normalisation, logits or None, the target's
+        score and presence)."""
         self.outputs = []
         x = model_input(x, self.model).detach().requires_grad_(True)
+        size = tuple(x.shape[2:])
         with dtype_errors(self.model):
-            logits = logits_of(self.model(x))
-            targets = (targets(logits.detach()) if callable(targets) else targets).to(logits.device)
-            check_indices(targets, logits.shape[1])
-            score = logits.gather(1, targets[:, None]).sum()
+            output = self.model(x)
+            score, present = target(output, size, size)
+            score_sum = score.sum()
             if len(self.outputs) != len(self.layers):
                 raise RuntimeError(
                     "fullgrad: a bias layer ran more than once in one forward pass (a shared "
                     "module); its bias gradient is ambiguous"
                 )
-            grads = torch.autograd.grad(score, [x, *self.outputs])
+            sources = [x, *self.outputs]
+            if score_sum.requires_grad:
+                grads = torch.autograd.grad(score_sum, sources)
+            else:  # nothing to explain at all (a box no detection matches): no gradient
+                grads = [torch.zeros_like(source) for source in sources]
         self.outputs = []
         size = tuple(x.shape[2:])
         total = channel_normalised(widened((grads[0] * x).detach()).abs()).sum(1)
@@ -119,7 +129,9 @@ class FullGradCapture:
             bias = widened(layer_bias(layer))[None, :, None, None]
             terms = channel_normalised((bias * widened(grad)).abs()).sum(1, keepdim=True)
             total = total + F.interpolate(terms, size=size, mode="bilinear")[:, 0]
-        return total, widened(logits.detach()), targets
+        logits = class_scores_or_none(output)
+        logits = None if logits is None else widened(logits.detach())
+        return total, logits, widened(score.detach()), present
 
 
 class FullGrad(SaliencyMethod):
@@ -144,12 +156,11 @@ class FullGrad(SaliencyMethod):
         return FullGradCapture(self.model)
 
     def _explain(self, capture, x, targets):
-        from .base import top1_of
-
         cost = self.pass_cost(x)  # a full backward pass keeps every activation
         if cost is not None:
             check_call(cost, [nominal_side(*x.shape[2:])], [tuple(x.shape[2:])], batch=2)
-        maps, logits, used = capture.run(x, top1_of if targets is None else targets)
-        keep = torch.ones_like(used, dtype=torch.bool)
-        records = scale_records(logits, min(x.shape[2:]), tuple(x.shape[2:]), keep)
-        return maps, used, [[r] for r in records], torch.softmax(logits.float(), 1)
+        used = target_or_top1(targets)
+        maps, logits, score, present = capture.run(x, used)
+        size = tuple(x.shape[2:])
+        records = scale_records([scale_row(logits, score, present)], [min(size)], [size])
+        return maps, used, records, probabilities_of(logits)

@@ -100,8 +100,8 @@ class ScoreCAM(_PerturbationCAM):
             low = masks.flatten(1).amin(1)[:, None, None]
             high = masks.flatten(1).amax(1)[:, None, None]
             masks = (masks - low) / (high - low + 1e-8)
-            logits = capture.scores(x[b] * masks[:, None])
-            scores[b, first:last] = logits[:, int(targets[b])].cpu()
+            one = targets.for_image(b, last - first)
+            scores[b, first:last] = capture.target_scores(x[b] * masks[:, None], one, size).cpu()
         weights = torch.softmax(scores, 1).to(activations.device)
         return weights[:, :, None, None] * activations
 
@@ -121,31 +121,31 @@ class AblationCAM(_PerturbationCAM):
     def weighted_activations(self, capture, x, step, targets):
         activations = step.activations
         batch, channels = activations.shape[:2]
-        original = step.logits.gather(1, targets[:, None].to(step.logits.device))[:, 0].cpu()
+        original = step.score.cpu()
         ablated = torch.empty(batch, channels)
         for b, first, last in self._chunks(batch, channels):
             count = last - first
             mask = torch.ones(count, channels)
             mask[torch.arange(count), torch.arange(first, last)] = 0
-            logits = self._ablated_scores(capture, x[b : b + 1], mask)
-            ablated[b, first:last] = logits[:, int(targets[b])].cpu()
+            one = targets.for_image(b, count)
+            ablated[b, first:last] = self._ablated_scores(capture, x[b : b + 1], mask, one).cpu()
         weights = (original[:, None] - ablated) / original[:, None]
         return weights.to(activations.device)[:, :, None, None] * activations
 
     @staticmethod
-    def _ablated_scores(capture, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(count, K) scores of one image with the mask's rows applied at the layer.
+    def _ablated_scores(capture, image: torch.Tensor, mask: torch.Tensor, target) -> torch.Tensor:
+        """(count,) target scores of one image with the mask's rows applied at the layer.
 
         The layers before the explained one see the same image in every pass, so they run
         once: the (1, C, h, w) output times the (count, C) mask is the batch the rest of the
         network gets. A model that cannot widen its batch there (a tensor of the first
         batch size crossing the layer, say) gets the image repeated instead.
         """
-        count = mask.shape[0]
+        count, size = mask.shape[0], tuple(image.shape[2:])
         try:
-            logits = capture.scores(image, mask)
-            if logits.shape[0] == count:
-                return logits
+            scores = capture.target_scores(image, target, size, mask)
+            if scores.shape[0] == count:
+                return scores
         except RuntimeError:
             pass
-        return capture.scores(image.expand(count, -1, -1, -1), mask)
+        return capture.target_scores(image.expand(count, -1, -1, -1), target, size, mask)

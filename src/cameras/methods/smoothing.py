@@ -22,7 +22,7 @@ import torch
 from ..core.budget import check_call, nominal_side
 from ..core.capture import LayerSpec
 from ..core.fusion import normalise_maps, resize_grid
-from .base import SaliencyMethod, scale_records, top1_of
+from .base import SaliencyMethod, probabilities_of, scale_records, scale_row, target_or_top1
 
 # Test-time augmentations, in pytorch-grad-cam's (ttach's) order: (mirrored, factor).
 AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
@@ -103,12 +103,13 @@ class SmoothableCAM(SaliencyMethod):
             size = tuple(x.shape[2:])
             check_call(cost, [nominal_side(*size)], [size], batch=self.extra_batch)
 
-    def _explain_once(self, capture, x: torch.Tensor, targets: torch.Tensor | None):
+    def _explain_once(self, capture, x: torch.Tensor, targets):
         self.check_budget(x)
-        step, used = capture.run(x, top1_of if targets is None else targets)
+        size = tuple(x.shape[2:])
+        step, used = capture.run(x, target_or_top1(targets), size)
         low = self.grid_map(capture, x, step, used).clamp(min=0)
         # A token grid padded to whole patches spans more than the input (fusion.resize_grid).
-        maps = resize_grid(low, tuple(x.shape[2:]), getattr(step, "covered", None))
-        keep = torch.ones_like(used, dtype=torch.bool)
-        records = scale_records(step.logits, min(x.shape[2:]), tuple(x.shape[2:]), keep)
-        return maps, used, [[r] for r in records], torch.softmax(step.logits.float(), 1)
+        maps = resize_grid(low, size, getattr(step, "covered", None))
+        row = scale_row(step.logits, step.score, step.present)
+        records = scale_records([row], [min(size)], [size])
+        return maps, used, records, probabilities_of(step.logits)

@@ -8,7 +8,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ...core.capture import eval_mode, logits_of, model_device, model_input
+from ...core.capture import eval_mode, model_device, model_input
+from ...core.targets import logits_of
 
 
 class PixelTransform(Protocol):
