@@ -33,16 +33,19 @@ def _small_dilated_features() -> nn.Module:
     return mobilenet_v3_small(dilated=True).features  # 13 blocks, the last at stride 16
 
 
-def _small_fpn() -> nn.Module:
-    """ResNet-18 with a 32-channel FPN on layer2..4 and P6 / P7 (RetinaNet's and FCOS's)."""
+def _small_fpn(layers: list[str], extra_blocks: nn.Module | None) -> nn.Module:
+    """ResNet-18 with a 32-channel FPN on the given stages, and the extra levels given
+    (None: none, where torchvision would add a max-pooled one)."""
     from torchvision.models import resnet18
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-    layers = {"layer2": "0", "layer3": "1", "layer4": "2"}
-    return BackboneWithFPN(
-        resnet18(), layers, [128, 256, 512], 32, extra_blocks=LastLevelP6P7(32, 32)
-    )
+    channels = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+    returned = {layer: str(i) for i, layer in enumerate(layers)}
+    in_channels = [channels[layer] for layer in layers]
+    backbone = BackboneWithFPN(resnet18(), returned, in_channels, 32, extra_blocks=extra_blocks)
+    if extra_blocks is None:
+        backbone.fpn.extra_blocks = None  # the FPN then returns the stages' levels only
+    return backbone
 
 
 @functools.cache
@@ -51,9 +54,12 @@ def tiny(name: str) -> nn.Module:
     as it found it, which test_families checks)."""
     from torchvision.models import detection
     from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
     from torchvision.models.segmentation.fcn import FCN, FCNHead
     from torchvision.models.segmentation.lraspp import LRASPP
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     torch.manual_seed(0)
     if name == "fcn":
@@ -68,22 +74,33 @@ def tiny(name: str) -> nn.Module:
         model = LRASPP(backbone, 24, 576, 4, inter_channels=32)
     elif name == "segformer":
         model = tiny_segformer()
+        # transformers 5 adds its own output-capturing hooks to a model on its first
+        # forward pass, and keeps them: run it once, so that "no hook added" sees them.
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 32, 32))
     elif name == "fasterrcnn":
         # Thresholds lowered so that random weights detect something (a user sets the same
-        # attributes: model.roi_heads.score_thresh, docs/targets.md).
+        # attributes: model.roi_heads.score_thresh, docs/targets.md); a 64-wide box head
+        # instead of 1024 (12 M weights).
         model = detection.fasterrcnn_mobilenet_v3_large_fpn(
             weights=None,
             weights_backbone=None,
-            num_classes=5,
             rpn_pre_nms_top_n_test=50,
             rpn_post_nms_top_n_test=20,
             box_score_thresh=0.0,
             box_detections_per_img=10,
         )
+        model.roi_heads.box_head = TwoMLPHead(model.backbone.out_channels * 7 * 7, 64)
+        model.roi_heads.box_predictor = FastRCNNPredictor(64, 5)
     elif name == "retinanet":
-        model = detection.RetinaNet(_small_fpn(), num_classes=5, score_thresh=0.0)
+        levels = _small_fpn(["layer2", "layer3", "layer4"], LastLevelP6P7(32, 32))
+        model = detection.RetinaNet(levels, num_classes=5, score_thresh=0.0)
     elif name == "fcos":
-        model = detection.FCOS(_small_fpn(), num_classes=5, score_thresh=0.0)
+        # Levels P2..P5 instead of P3..P7: FCOS's GroupNorm head refuses the 1 x 1 map of
+        # one image that P7 is below 129 pixels a side (the reference runs one at a time).
+        levels = _small_fpn(["layer1", "layer2", "layer3", "layer4"], None)
+        anchors = AnchorGenerator(((8,), (16,), (32,), (64,)), ((1.0,),) * 4)
+        model = detection.FCOS(levels, num_classes=5, anchor_generator=anchors, score_thresh=0.0)
     elif name == "ssdlite":
         model = detection.ssdlite320_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=5, score_thresh=0.0

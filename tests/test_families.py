@@ -11,10 +11,20 @@ from __future__ import annotations
 import functools
 
 import pytest
+import pytorch_grad_cam as pgc  # a dev dependency: a missing one fails, never skips
 import torch
+import torch.nn.functional as F
 import torchvision
-from family_models import tiny, tiny_segformer
+from family_models import DETECTORS, SEGMENTERS, tiny, tiny_segformer
+from helpers import assert_left_as_found, model_state
+from oracle import oracle_resize, oracle_target_cameras
+from pytorch_grad_cam.utils.model_targets import (
+    FasterRCNNBoxScoreTarget,
+    SemanticSegmentationTarget,
+)
+from torch import nn
 
+import cameras
 from cameras.core.capture import resolve_layer
 from cameras.core.classes import CLASS_NAMES_ATTRIBUTE
 from cameras.core.families import (
@@ -26,6 +36,7 @@ from cameras.core.families import (
     task_layer,
 )
 from cameras.models import ModelError, load_model
+from cameras.targets import Box, Region
 
 # name -> (family, automatic layer, its output's (h, w) for a 90 x 130 input at native size)
 EXPECTED = {
@@ -40,9 +51,11 @@ EXPECTED = {
     "fasterrcnn_mobilenet_v3_large_fpn": (DETECTION, "backbone.body.16", (3, 5)),
     "retinanet_resnet50_fpn": (DETECTION, "backbone.body.layer4", (3, 5)),
     "fcos_resnet50_fpn": (DETECTION, "backbone.body.layer4", (3, 5)),
-    "ssdlite320_mobilenet_v3_large": (DETECTION, "backbone.features.1", (3, 5)),
+    # SSD has no top-down path: its first detection level, which all others build on.
+    "ssdlite320_mobilenet_v3_large": (DETECTION, "backbone.features.0", (6, 9)),
+    "ssd300_vgg16": (DETECTION, "backbone.features", (11, 16)),  # VGG's floor, floor, ceil pools
 }
-DETECTORS = [name for name, (family, _, _) in EXPECTED.items() if family == DETECTION]
+NAMED_DETECTORS = [name for name, (family, _, _) in EXPECTED.items() if family == DETECTION]
 
 
 @functools.cache
@@ -133,7 +146,7 @@ def test_other_models_are_left_to_the_probe():
         assert {name: dict(vars(m)) for name, m in model.named_modules()} == before
 
 
-@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("name", NAMED_DETECTORS)
 def test_a_detector_sees_each_input_at_its_own_size(name):
     model = meta_model(name)
     first = first_convolution(model)
@@ -245,3 +258,322 @@ def test_loading_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.hub.download_url_to_file", offline)
     with pytest.raises(ModelError, match=r"pretrained weights for 'lraspp.*weights=PATH"):
         load_model("lraspp_mobilenet_v3_large")
+
+
+# ------------------------------------------------- end to end: the library vs a reference
+#
+# CAMERAS and Grad-CAM on every family, against ``oracle_target_cameras`` (tests/oracle.py:
+# resize, forward, the target's score, gradient at the layer by a plain hook, the SPEC's
+# accumulation) with the Region and Box scores written here from their definitions
+# (SPEC.md "Targets beyond one class"), one image at a time. The reference runs a detector
+# at each scale's size through the transform's own public settings (``AtOwnSize``), not
+# through the library's ``native_size``.
+
+TOLERANCE = 1e-4
+# (images, (height, width)): one square image alone, a non-square pair batched; CAMERAS
+# at the shorter side and 1.25 times it.
+CASES = [(1, (64, 64)), (2, (64, 96))]
+
+
+def scales_for(size: tuple[int, int]) -> list[int]:
+    shorter = min(size)
+    return [shorter, shorter + shorter // 4]
+
+
+class AtOwnSize(nn.Module):
+    """A detector run at the size of its input: the transform's shorter side (``min_size``)
+    and longer side (``max_size``) set to the input's own, so its resampling factor is 1
+    (an identity), no fixed size, no padding to a multiple of 32."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x):
+        transform = self.detector.transform
+        names = ("min_size", "max_size", "fixed_size", "size_divisible")
+        saved = {name: getattr(transform, name) for name in names}
+        height, width = x.shape[2:]
+        own = {"min_size": (min(height, width),), "max_size": max(height, width)}
+        try:
+            for name, value in {**own, "fixed_size": None, "size_divisible": 1}.items():
+                setattr(transform, name, value)
+            return self.detector(x)
+        finally:
+            for name, value in saved.items():
+                setattr(transform, name, value)
+
+
+class SegmentationScores(nn.Module):
+    """The (B, K, h, w) scores of a segmentation model (torchvision's "out", SegFormer's
+    .logits): what pytorch-grad-cam's SemanticSegmentationTarget reads."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return _segmentation_scores(self.model(x))
+
+
+def _segmentation_scores(output) -> torch.Tensor:
+    # A Hugging Face output is a dict too: read .logits first.
+    return output.logits if hasattr(output, "logits") else output["out"]
+
+
+def region_score(class_: int, mask: torch.Tensor):
+    """Region from its definition: the mean of the class's scores over the mask resized
+    (nearest) to the output grid; present where the class wins half the mask's pixels."""
+
+    def score_of(output, _size, _input_size):
+        scores = _segmentation_scores(output)
+        grid = F.interpolate(mask[None, None].float(), size=scores.shape[2:], mode="nearest")
+        inside = grid[0, 0] > 0.5
+        present = (scores[0].argmax(0)[inside] == class_).float().mean() >= 0.5
+        return scores[0, class_][inside].mean(), bool(present)
+
+    return score_of
+
+
+def box_score(box: torch.Tensor, label: int):
+    """Box from its definition: the detections mapped back to the input's coordinates; the
+    score of the label's detection with the largest IoU (torchvision's box_iou) if >= 0.5."""
+
+    def score_of(output, size, input_size):
+        detections = output[0]
+        back = torch.tensor([input_size[1] / size[1], input_size[0] / size[0]] * 2)
+        boxes = detections["boxes"].detach() * back
+        overlap = torchvision.ops.box_iou(boxes, box[None])[:, 0]
+        overlap[detections["labels"] != label] = -1
+        if len(overlap) == 0 or overlap.max() < 0.5:
+            return torch.zeros(()), False
+        return detections["scores"][overlap.argmax()], True
+
+    return score_of
+
+
+def photos(size: tuple[int, int], count: int, detector: bool) -> torch.Tensor:
+    """scikit-image photos resized to ``size``: [0, 1] for a detector (it normalises
+    itself), ImageNet-normalised for a segmentation model."""
+    from skimage import data
+
+    images = []
+    for name in ("chelsea", "coffee")[:count]:
+        pixels = torch.from_numpy(getattr(data, name)().copy()).permute(2, 0, 1)[None] / 255
+        images.append(F.interpolate(pixels.float(), size=size, mode="bilinear", antialias=True))
+    batch = torch.cat(images)
+    if detector:
+        return batch
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    return (batch - mean) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def reference_model(name: str) -> nn.Module:
+    return AtOwnSize(tiny(name)) if name in DETECTORS else tiny(name)
+
+
+@functools.cache
+def target_for(name: str, size: tuple[int, int], count: int, index: int):
+    """(the library's target, the reference's score, pytorch-grad-cam's target) for one
+    image: for a segmentation model, its most frequent class at the input's size inside
+    the left two thirds of the image; for a detector, among its 20 best detections at
+    that size whose Grad-CAM is not blank (with random weights a detection's map can be
+    all negative, which any two tools would agree on trivially), the first one still
+    detected at the larger scale (so that CAMERAS fuses two scales), else the first.
+
+    For image ``index`` of ``photos(size, count)``; computed once and shared by the tests
+    (a target is never changed by a call)."""
+    image = photos(size, count, name in DETECTORS)[index : index + 1]
+    with torch.no_grad():
+        output = reference_model(name)(image)
+    height, width = image.shape[2:]
+    if name in SEGMENTERS:
+        winners = SegmentationScores(tiny(name))(image)[0].argmax(0)
+        class_ = int(winners.flatten().mode().values)
+        on_grid = (winners == class_).float()[None, None]
+        mask = F.interpolate(on_grid, size=(height, width), mode="nearest")[0, 0] > 0.5
+        mask[:, (2 * width) // 3 :] = False
+        assert mask.any()
+        grid = F.interpolate(mask[None, None].float(), size=winners.shape, mode="nearest")[0, 0]
+        theirs = SemanticSegmentationTarget(class_, grid.numpy())
+        return Region(class_, mask), region_score(class_, mask), theirs
+    detections = output[0]
+    layer = tiny(name).get_submodule(task_layer(tiny(name)))
+    scaled = oracle_resize(image, scales_for((height, width))[1])
+    with torch.no_grad():
+        larger = reference_model(name)(scaled)
+    chosen = []
+    for rank in range(min(20, len(detections["scores"]))):
+        box, label = detections["boxes"][rank].detach(), int(detections["labels"][rank])
+        if bool((box[2:] - box[:2] < 1).any()):
+            continue  # a box squashed flat against the border: no box to give
+        score_of = box_score(box, label)
+        gradcam, _, _ = oracle_target_cameras(
+            reference_model(name), layer, image, [min(height, width)], score_of, True
+        )
+        if spread(gradcam):
+            theirs = FasterRCNNBoxScoreTarget([label], [box.numpy()])
+            chosen.append((Box(box.tolist(), label), score_of, theirs))
+            if score_of(larger, tuple(scaled.shape[2:]), (height, width))[1]:
+                return chosen[-1]
+    assert chosen, f"no detection of {name} with a non-blank Grad-CAM"
+    return chosen[0]
+
+
+def spread(single_map: torch.Tensor) -> bool:
+    """Not a blank or constant map (a trivial agreement)."""
+    return bool(single_map.max() == 1) and float(single_map.std()) > 0.01
+
+
+WORST: dict[tuple[str, str], float] = {}  # (family, method) -> worst difference seen
+
+
+@pytest.mark.parametrize("name", SEGMENTERS + DETECTORS)
+@pytest.mark.parametrize("method", ["cameras", "gradcam"])
+def test_the_library_matches_the_reference(method, name):
+    model = tiny(name)
+    module = model.get_submodule(task_layer(model))
+    for count, size in CASES:
+        scales = scales_for(size) if method == "cameras" else [min(size)]
+        kwargs = {"scales": scales} if method == "cameras" else {}
+        explainer = cameras.METHODS[method](model, **kwargs)  # layer=None: the family's
+        assert explainer.layer_name == task_layer(model)
+        batch = photos(size, count, name in DETECTORS)
+        targets = [target_for(name, size, count, i) for i in range(count)]
+        before = model_state(model)
+        ours = explainer(
+            batch, targets=[t[0] for t in targets] if len(batch) > 1 else targets[0][0]
+        )
+        assert_left_as_found(model, before)
+        for i, (_, score_of, _) in enumerate(targets):
+            reference, kept, scores = oracle_target_cameras(
+                reference_model(name),
+                module,
+                batch[i : i + 1],
+                scales,
+                score_of,
+                single_scale_gradcam=method == "gradcam",
+            )
+            assert spread(reference) and kept and kept[0] == scales[0]
+            records = ours.scales[i]
+            assert [r.scale for r in records if r.kept] == kept
+            assert [r.score for r in records] == pytest.approx(scores, rel=1e-4, abs=1e-6)
+            diff = float((ours.maps[i] - reference).abs().max())
+            key = (name, method)
+            WORST[key] = max(WORST.get(key, 0.0), diff)
+            print(f"{name} {method} {tuple(batch.shape)} image {i}: kept {kept}, diff {diff:.1e}")
+            assert diff <= TOLERANCE
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    maps = maps - maps.amin((1, 2), keepdim=True)
+    return maps / maps.amax((1, 2), keepdim=True).clamp(min=1e-12)
+
+
+# Box regressions detached for pytorch-grad-cam: its box score is IoU + the detection's
+# score, ours the score alone; with the boxes held fixed the IoU has no gradient and the
+# two scores back-propagate the same gradient ("where they define the same score").
+BOX_REGRESSION = {
+    "fasterrcnn": ("roi_heads.box_predictor", 1),  # (class scores, box deltas)
+    "retinanet": ("head.regression_head", None),
+    "fcos": ("head.regression_head", 0),  # (box regression, centreness)
+    "ssdlite": ("head.regression_head", None),
+}
+
+
+def _boxes_held_fixed(name: str):
+    path, index = BOX_REGRESSION[name]
+
+    def detach(_module, _inputs, output):
+        if index is None:
+            return output.detach()
+        return tuple(o.detach() if i == index else o for i, o in enumerate(output))
+
+    return tiny(name).get_submodule(path).register_forward_hook(detach)
+
+
+@pytest.mark.parametrize("name", SEGMENTERS + DETECTORS)
+def test_gradcam_matches_pytorch_grad_cam(name):
+    model = tiny(name)
+    count, size = CASES[1]
+    pair = photos(size, count, name in DETECTORS)
+    targets = [target_for(name, size, count, i) for i in range(count)]
+    ours = cameras.GradCAM(model)(pair, targets=[t[0] for t in targets]).maps
+    wrapped = reference_model(name) if name in DETECTORS else SegmentationScores(model)
+    module = model.get_submodule(task_layer(model))
+    flags = [p.requires_grad for p in model.parameters()]
+    hook = _boxes_held_fixed(name) if name in DETECTORS else None
+    try:  # frozen weights, input requiring grad: the same gradient, no .grad written
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        with pgc.GradCAM(wrapped, [module]) as cam:
+            theirs = cam(pair.clone().requires_grad_(True), [t[2] for t in targets])
+    finally:
+        for parameter, flag in zip(model.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+        if hook is not None:
+            hook.remove()
+    theirs = torch.from_numpy(theirs)
+    assert all(spread(m) for m in ours)
+    diff = float((_minmax(ours) - _minmax(theirs)).abs().max())
+    WORST[(name, "pytorch-grad-cam")] = diff
+    print(f"{name} Grad-CAM vs pytorch-grad-cam: diff {diff:.1e}")
+    assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", SEGMENTERS + DETECTORS)
+def test_a_failing_call_leaves_every_family_as_found(name):
+    model = tiny(name)
+    transform = getattr(model, "transform", None)
+    settings = dict(vars(transform)) if transform is not None else None
+    before = model_state(model)
+
+    def broken(output, size, input_size):
+        raise RuntimeError("boom")
+
+    x = photos((64, 96), 1, name in DETECTORS)
+    with pytest.raises(RuntimeError, match="boom"):  # after the forward pass, hooks in place
+        cameras.CAMERAS(model, scales=[64, 80])(x, targets=broken)
+    assert_left_as_found(model, before)
+    if transform is not None:  # the resizing switched back on, with the user's values
+        assert dict(vars(transform)) == settings
+
+
+def test_fpn_levels_are_explained_by_name():
+    # Level N's output convolution (layer_blocks.N) feeds only the detections made on
+    # level N: the map is blank for a detection made elsewhere, exact in every case.
+    model = tiny("retinanet")
+    image = photos((64, 96), 2, True)[:1]
+    target, score_of, _ = target_for("retinanet", (64, 96), 2, 0)
+    blank = []
+    for level in ["backbone.fpn.layer_blocks.0", "backbone.fpn.layer_blocks.1"]:
+        ours = cameras.CAMERAS(model, layer=level, scales=[64, 80])(image, targets=target)
+        assert ours.layer == level
+        reference, kept, _ = oracle_target_cameras(
+            reference_model("retinanet"), model.get_submodule(level), image, [64, 80], score_of
+        )
+        assert [r.scale for r in ours.scales[0] if r.kept] == kept
+        assert float((ours.maps[0] - reference).abs().max()) <= TOLERANCE
+        blank.append(not spread(reference))
+    assert not all(blank)
+
+
+def test_ssdlite_stride_32_block_misses_detections_of_the_first_level():
+    # Why SSDlite's automatic layer is features.0: a detection made on the stride-16 level
+    # gives features.1 no gradient at all.
+    model = tiny("ssdlite")
+    image = photos((64, 64), 1, True)
+    seen = {}
+
+    def keep(name):
+        return lambda _m, _i, output: seen.__setitem__(name, output)
+
+    names = ["backbone.features.0", "backbone.features.1"]
+    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    try:
+        detections = reference_model("ssdlite")(image)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    gradients = torch.autograd.grad(detections["scores"][0], [seen[n] for n in names])
+    assert float(gradients[0].abs().max()) > 0 and float(gradients[1].abs().max()) == 0

@@ -52,8 +52,12 @@ def task_layer(model: nn.Module) -> str | None:
       the map the head reads. These backbones are dilated, so it is at stride 8 (ResNet)
       or 16 (MobileNetV3): no stride-32 map exists in them.
     - torchvision detection: the backbone body's last stage (``backbone.body.layer4``,
-      stride 32) under an FPN; for SSD the last block of ``backbone.features`` (SSDlite:
-      stride 32), before the extra layers. FPN levels can be given by name
+      stride 32) under an FPN, whose top-down path carries it into every level. SSD has no
+      such path: each level's detections depend only on that level and the layers before
+      it, so the layer is the first map it detects from, which every later level is built
+      on (SSDlite: ``backbone.features.0``, stride 16; SSD300: ``backbone.features``). A
+      later block (SSDlite's stride-32 ``backbone.features.1``) gets no gradient from a
+      detection made on the stride-16 map. FPN levels can be given by name
       (``backbone.fpn.layer_blocks.N``).
     - SegFormer: the last encoder stage (``segformer.stages.N``, a (B, C, h, w) map at
       stride 32); where that stage gives tokens instead, the depthwise convolution of its
@@ -66,10 +70,7 @@ def task_layer(model: nn.Module) -> str | None:
         backbone = model.backbone
         if hasattr(backbone, "body"):  # BackboneWithFPN
             return _last_returned(backbone.body, "backbone.body")
-        features = getattr(backbone, "features", None)
-        if isinstance(features, nn.Sequential):  # SSD's feature extractors
-            return f"backbone.features.{len(features) - 1}"
-        return None
+        return _ssd_first_level(backbone)
     if family == SEGFORMER:
         return _segformer_layer(model)
     return None
@@ -83,6 +84,18 @@ def _last_returned(getter: nn.Module, prefix: str) -> str | None:
         return None
     names = [name for name, _ in getter.named_children() if name in returned]
     return f"{prefix}.{names[-1]}" if names else None
+
+
+def _ssd_first_level(backbone: nn.Module) -> str | None:
+    """The module whose output is SSD's first detection level: SSDlite runs the blocks of
+    ``features`` one by one (each block's output is a level), SSD300 calls ``features``
+    whole (its output, conv4_3, is the first level)."""
+    features = getattr(backbone, "features", None)
+    if not isinstance(features, nn.Sequential):
+        return None
+    if type(backbone).__name__.startswith("SSDLite"):
+        return "backbone.features.0"
+    return "backbone.features"
 
 
 def _segformer_layer(model: nn.Module) -> str | None:
