@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import pytorch_grad_cam as pgc  # a dev dependency: a missing one fails, never skips
 import torch
@@ -577,3 +578,39 @@ def test_ssdlite_stride_32_block_misses_detections_of_the_first_level():
             handle.remove()
     gradients = torch.autograd.grad(detections["scores"][0], [seen[n] for n in names])
     assert float(gradients[0].abs().max()) > 0 and float(gradients[1].abs().max()) == 0
+
+
+def _pixels(photo, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL photo at (height, width) as [0, 1] RGB (3, h, w)."""
+    resized = photo.resize((size[1], size[0]))
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def test_a_segmentation_model_by_name_is_explained_with_no_glue(chelsea):
+    # load_model's preprocessing and class names, the automatic layer, a class by name.
+    model, prep, classes = load_model("lraspp_mobilenet_v3_large", pretrained=False)
+    x = prep.normalise(_pixels(chelsea, (64, 96)))[None]  # its mean and std, at 64 x 96
+    mask = torch.zeros(64, 96, dtype=torch.bool)
+    mask[16:48, 24:72] = True
+    before = model_state(model)
+    result = cameras.CAMERAS(model, scales=[64, 80])(x, targets=Region("cat", mask))
+    assert_left_as_found(model, before)
+    assert result.layer == "backbone.16" and result.target_labels == ["region of cat (8)"]
+    assert classes[8] == "cat" and result.maps.shape == (1, 64, 96)
+    assert [r.score is not None for r in result.scales[0]] == [True, True]
+
+
+def test_a_detector_by_name_is_explained_with_no_glue(chelsea):
+    model, prep, _ = load_model("fasterrcnn_mobilenet_v3_large_320_fpn", pretrained=False)
+    model.roi_heads.score_thresh = 0.0  # random weights: keep every detection (documented)
+    x = prep.normalise(_pixels(chelsea, (64, 96)))[None]
+    assert 0 <= float(x.min()) and float(x.max()) <= 1  # [0, 1]: the detector normalises
+    with torch.no_grad(), native_size(model):
+        detection = model(x)[0]
+    box = detection["boxes"][0].tolist()
+    before = model_state(model)
+    result = cameras.GradCAM(model)(x, targets=Box(box))
+    assert_left_as_found(model, before)
+    assert result.layer == "backbone.body.16"
+    assert result.scales[0][0].kept  # the model's own detection, found again at its size
+    assert result.scales[0][0].score == pytest.approx(float(detection["scores"][0]), rel=1e-5)

@@ -1,4 +1,5 @@
-"""Models to explain: the embedded default, torchvision / timm names, local weight files.
+"""Models to explain: the embedded default, torchvision / timm names (torchvision's
+segmentation and detection names through ``tasks``), local weight files.
 
 Nothing here downloads at run time unless the user asks for a name whose weights are
 not on the machine; then the error says how to pass a local file instead. ``lite`` builds
