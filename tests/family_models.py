@@ -101,6 +101,9 @@ def tiny(name: str) -> nn.Module:
         levels = _small_fpn(["layer1", "layer2", "layer3", "layer4"], None)
         anchors = AnchorGenerator(((8,), (16,), (32,), (64,)), ((1.0,),) * 4)
         model = detection.FCOS(levels, num_classes=5, anchor_generator=anchors, score_thresh=0.0)
+        # Random regressions make slivers that no two scales agree on; a trained FCOS
+        # predicts boxes about its anchors' size, which a bias of 1 gives.
+        nn.init.constant_(model.head.regression_head.bbox_reg.bias, 1.0)
     elif name == "ssdlite":
         model = detection.ssdlite320_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=5, score_thresh=0.0

@@ -377,10 +377,10 @@ def reference_model(name: str) -> nn.Module:
 def target_for(name: str, size: tuple[int, int], count: int, index: int):
     """(the library's target, the reference's score, pytorch-grad-cam's target) for one
     image: for a segmentation model, its most frequent class at the input's size inside
-    the left two thirds of the image; for a detector, among its 20 best detections at
-    that size whose Grad-CAM is not blank (with random weights a detection's map can be
-    all negative, which any two tools would agree on trivially), the first one still
-    detected at the larger scale (so that CAMERAS fuses two scales), else the first.
+    the left two thirds of the image; for a detector, its first detection at that size
+    whose Grad-CAM is not blank (with random weights a detection's map can be all
+    negative, which any two tools would agree on trivially), trying first those detected
+    again at the larger scale (so that CAMERAS fuses two scales).
 
     For image ``index`` of ``photos(size, count)``; computed once and shared by the tests
     (a target is never changed by a call)."""
@@ -403,22 +403,22 @@ def target_for(name: str, size: tuple[int, int], count: int, index: int):
     scaled = oracle_resize(image, scales_for((height, width))[1])
     with torch.no_grad():
         larger = reference_model(name)(scaled)
-    chosen = []
-    for rank in range(min(20, len(detections["scores"]))):
+    candidates = []
+    for rank in range(len(detections["scores"])):
         box, label = detections["boxes"][rank].detach(), int(detections["labels"][rank])
-        if bool((box[2:] - box[:2] < 1).any()):
-            continue  # a box squashed flat against the border: no box to give
-        score_of = box_score(box, label)
+        if bool((box[2:] - box[:2] >= 1).all()):  # not squashed flat against the border
+            candidates.append((box, label, box_score(box, label)))
+    # Those detected again at the larger scale first, each group in the model's order.
+    larger_size = tuple(scaled.shape[2:])
+    candidates.sort(key=lambda c: not c[2](larger, larger_size, (height, width))[1])
+    for box, label, score_of in candidates[:20]:
         gradcam, _, _ = oracle_target_cameras(
             reference_model(name), layer, image, [min(height, width)], score_of, True
         )
         if spread(gradcam):
             theirs = FasterRCNNBoxScoreTarget([label], [box.numpy()])
-            chosen.append((Box(box.tolist(), label), score_of, theirs))
-            if score_of(larger, tuple(scaled.shape[2:]), (height, width))[1]:
-                return chosen[-1]
-    assert chosen, f"no detection of {name} with a non-blank Grad-CAM"
-    return chosen[0]
+            return Box(box.tolist(), label), score_of, theirs
+    raise AssertionError(f"no detection of {name} with a non-blank Grad-CAM")
 
 
 def spread(single_map: torch.Tensor) -> bool:
