@@ -523,21 +523,33 @@ def test_gradcam_matches_pytorch_grad_cam(name):
 
 
 @pytest.mark.parametrize("name", SEGMENTERS + DETECTORS)
-def test_a_failing_call_leaves_every_family_as_found(name):
+def test_every_family_is_left_as_found_by_a_call_and_by_a_failing_one(name):
+    # A state a user could have: training mode (a detector then refuses to run without
+    # ground truth, so the call must switch to eval), one parameter frozen.
     model = tiny(name)
+    first = next(model.parameters())
     transform = getattr(model, "transform", None)
-    settings = dict(vars(transform)) if transform is not None else None
-    before = model_state(model)
 
     def broken(output, size, input_size):
         raise RuntimeError("boom")
 
-    x = photos((64, 96), 1, name in DETECTORS)
-    with pytest.raises(RuntimeError, match="boom"):  # after the forward pass, hooks in place
-        cameras.CAMERAS(model, scales=[64, 80])(x, targets=broken)
-    assert_left_as_found(model, before)
-    if transform is not None:  # the resizing switched back on, with the user's values
-        assert dict(vars(transform)) == settings
+    x = photos((64, 96), 2, name in DETECTORS)[:1]
+    target = target_for(name, (64, 96), 2, 0)[0]
+    try:
+        model.train()
+        first.requires_grad_(False)
+        before = model_state(model)
+        settings = dict(vars(transform)) if transform is not None else None
+        assert cameras.GradCAM(model)(x, targets=target).scales[0][0].kept
+        assert_left_as_found(model, before)
+        with pytest.raises(RuntimeError, match="boom"):  # after the forward pass, hooks on
+            cameras.CAMERAS(model, scales=[64, 80])(x, targets=broken)
+        assert_left_as_found(model, before)
+        if transform is not None:  # the resizing back on, with the user's values
+            assert dict(vars(transform)) == settings
+    finally:
+        model.eval()
+        first.requires_grad_(True)
 
 
 def test_fpn_levels_are_explained_by_name():
