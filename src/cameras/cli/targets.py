@@ -1,0 +1,285 @@
+"""What the command line explains beyond one class: ``--box``, ``--mask``, ``--classes``.
+
+- ``--box X1,Y1,X2,Y2 [--class C]``: a detection (``cameras.targets.Box``), the box in
+  the photo's own pixels, C the label the detection must have (default: any);
+- ``--mask FILE.png --class C``: class C inside a region of a segmentation output
+  (``cameras.targets.Region``), the region being the PNG's nonzero pixels;
+- ``--classes C1,C2``: a set of classes (multi-label, ``cameras.targets.Classes``).
+
+Two steps, so that every mistake is a one-line usage error before any image is read:
+``parse_target(args, session)`` checks the options and reads the mask file into a
+``TargetRequest``; ``request.for_image(photo_size, input_size)`` then turns it into the
+target of one photo, in the coordinates of the model input made from it (the box mapped,
+the mask resized). ``target_for`` does both at once for a single photo (``compare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..core.classes import ClassError, class_index
+from ..core.targets import Box, Classes, Region, Target
+from .common import split_names, usage_error
+
+BOX_FORMAT = "expected X1,Y1,X2,Y2: four numbers, the box's corners in the photo's pixels"
+
+
+def add_target_arguments(
+    parser: argparse.ArgumentParser, class_option: bool = True, class_set: bool = True
+) -> None:
+    """--box, --mask, and (unless the subcommand has them already) --class (dest
+    ``target``) and --classes (a multi-label set, dest ``class_set``)."""
+    parser.add_argument(
+        "--box",
+        metavar="X1,Y1,X2,Y2",
+        help="detection models: explain the detection that best matches this box, in the "
+        "photo's pixels (left, top, right, bottom); --class C for the label it must have "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        metavar="FILE.png",
+        help="segmentation models: explain --class C inside the region of this PNG's "
+        "nonzero pixels, drawn at the photo's size (default: none)",
+    )
+    if class_option:
+        parser.add_argument(
+            "--class",
+            dest="target",
+            help="class index or name; with --box the detection's label, with --mask the "
+            "region's class (default: each image's top-1)",
+        )
+    if class_set:
+        parser.add_argument(
+            "--classes",
+            dest="class_set",
+            metavar="C1,C2",
+            help="multi-label: explain the sum of these classes' scores (default: one class)",
+        )
+
+
+# ---------------------------------------------------------------- the request
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """What the options ask for, checked, before any photo is read (picklable).
+
+    Exactly one of: ``box`` (x1, y1, x2, y2 in the photo's pixels, with ``label`` the
+    detection's class index or None), ``mask`` ((H, W) bool at the mask file's size,
+    with ``label`` the region's class), ``classes`` (a multi-label set of indices).
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None
+    mask_file: Path | None = None
+    classes: tuple[int, ...] | None = None
+    label: int | None = None
+
+    def for_image(self, photo_size: tuple[int, int], input_size: tuple[int, int]) -> Target:
+        """The target of one photo of ``photo_size`` (height, width) whose model input is
+        ``input_size`` (height, width): the box and the mask in the input's pixels."""
+        if self.classes is not None:
+            return Classes(list(self.classes))
+        if self.box is not None:
+            return Box(box_in_input(self.box, photo_size, input_size), self.label)
+        return Region(self.label, mask_in_input(self.mask, self.mask_file, photo_size, input_size))
+
+
+def parse_target(args: argparse.Namespace, session) -> TargetRequest | int | None:
+    """The options' target: a ``TargetRequest`` for --box / --mask / --classes, else the
+    class index of --class (None: each image's top-1, as before). Usage errors, one line
+    each, for a malformed box, a mask without a class or that cannot be read, unknown
+    classes and options that cannot go together."""
+    box_text, mask = getattr(args, "box", None), getattr(args, "mask", None)
+    class_text, set_text = getattr(args, "target", None), getattr(args, "class_set", None)
+    given = [name for name, value in (("--box", box_text), ("--mask", mask)) if value is not None]
+    if set_text is not None:
+        given.append("--classes")
+    if len(given) > 1:
+        raise usage_error(f"{' and '.join(given)}: give only one of --box, --mask, --classes")
+    if set_text is not None:
+        if class_text is not None:
+            raise usage_error("--class and --classes: give one class or a set, not both")
+        return TargetRequest(classes=tuple(parse_class_set("--classes", set_text, session)))
+    label = None if class_text is None else target_class("--class", class_text, session)
+    if box_text is not None:
+        return TargetRequest(box=parse_box(box_text), label=label)
+    if mask is not None:
+        if label is None:
+            raise usage_error(f"--mask {mask}: needs --class C, the region's class")
+        return TargetRequest(mask=read_mask(mask), mask_file=Path(mask), label=label)
+    return label
+
+
+def target_for(
+    args: argparse.Namespace,
+    session,
+    input_size: tuple[int, int],
+    photo_size: tuple[int, int],
+) -> Target | int | None:
+    """The target of the options for one photo of ``photo_size`` (height, width) whose model
+    input is ``input_size`` (height, width): a ``cameras.targets`` target, or the class
+    index of a plain --class, or None for the top-1 (see ``parse_target``)."""
+    request = parse_target(args, session)
+    if not isinstance(request, TargetRequest):
+        return request
+    return request.for_image(photo_size, input_size)
+
+
+def target_file_tag(request: TargetRequest | int | None) -> str:
+    """What output file names add for a target: ``""`` (top-1), ``_class281``,
+    ``_box10-20-110-220`` (+ ``_class3`` with a label), ``_region15-<mask stem>``,
+    ``_classes3+7``; the box in the photo's pixels, as typed."""
+    if request is None:
+        return ""
+    if isinstance(request, int):
+        return f"_class{request}"
+    if request.classes is not None:
+        return "_classes" + "+".join(map(str, request.classes))
+    label = "" if request.label is None else f"_class{request.label}"
+    if request.box is not None:
+        return "_box" + "-".join(f"{v:g}" for v in request.box) + label
+    stem = re.sub(r"[^\w.-]+", "-", request.mask_file.stem) if request.mask_file else "mask"
+    return f"_region{request.label}-{stem}"
+
+
+# ---------------------------------------------------------------- classes
+
+
+def target_class(option: str, text: str, session) -> int:
+    """A class (index or name, ``cameras.core.classes``) -> index, or a usage error naming
+    the option. The class count comes from the names, or from the session's probe where
+    the model has class scores; a detector's labels have no count to check here (the
+    target checks them against the model's output)."""
+    try:
+        return class_index(text, session.class_names, _class_count(session))
+    except ClassError as error:
+        raise usage_error(f"{option} {text}: {error}") from None
+
+
+def parse_class_set(option: str, text: str, session) -> list[int]:
+    """ "3,7" or "tabby+tiger cat" -> [indices]: at least one, none twice."""
+    parts = split_names(text.replace("+", ","))
+    if not parts:
+        raise usage_error(f"{option}: give at least one class")
+    indices = [target_class(option, part, session) for part in parts]
+    if len(set(indices)) != len(indices):
+        raise usage_error(f"{option} {text}: a class is listed twice")
+    return indices
+
+
+def _class_count(session) -> int | None:
+    if session.class_names:
+        return len(session.class_names)
+    try:
+        return session.num_classes
+    except (TypeError, ValueError):  # no (B, K) class scores: a detector, a segmenter
+        return None
+
+
+# ---------------------------------------------------------------- boxes
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """ "10,20,110,220" -> (10.0, 20.0, 110.0, 220.0), finite, x1 < x2 and y1 < y2."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise usage_error(f"--box {text}: {BOX_FORMAT}")
+    x1, y1, x2, y2 = values
+    if not (x1 < x2 and y1 < y2):
+        raise usage_error(f"--box {text}: needs X1 < X2 and Y1 < Y2 (left, top, right, bottom)")
+    return values
+
+
+def box_in_input(
+    box: tuple[float, float, float, float],
+    photo_size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> tuple[float, float, float, float]:
+    """The photo's box in the model input's pixels. The input is the whole photo resized
+    (``cameras.models.Preprocess``: no crop, each side scaled to its rounded size), so x
+    scales by input width / photo width and y by input height / photo height. A box that
+    is not inside the photo is a usage error."""
+    (height, width), (in_height, in_width) = photo_size, input_size
+    x1, y1, x2, y2 = box
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        shown = ",".join(f"{v:g}" for v in box)
+        raise usage_error(
+            f"--box {shown}: not inside the photo, which is {width}x{height} pixels "
+            f"(corners from 0,0 to {width},{height})"
+        )
+    sx, sy = in_width / width, in_height / height
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
+# ---------------------------------------------------------------- masks
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H, W) bool: the PNG's nonzero pixels (any colour channel; a transparent pixel is
+    outside). A missing or unreadable file, or one with no nonzero pixel, is a usage error."""
+    path = Path(path)
+    if not path.is_file():
+        raise usage_error(f"--mask {path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mask = _nonzero(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise usage_error(f"--mask {path}: not a readable image (give a PNG)") from None
+    if not mask.any():
+        raise usage_error(f"--mask {path}: has no nonzero pixel, so no region")
+    return mask
+
+
+def _nonzero(image: Image.Image) -> np.ndarray:
+    # A palette PNG (VOC's masks) holds indices, 0 the background: read the indices, not
+    # the colours they stand for.
+    if image.mode in ("RGBA", "LA", "PA"):
+        pixels = np.asarray(image)
+        return (pixels[..., :-1] != 0).any(-1) & (pixels[..., -1] != 0)
+    pixels = np.asarray(image)
+    return pixels != 0 if pixels.ndim == 2 else (pixels != 0).any(-1)
+
+
+def mask_in_input(
+    mask: np.ndarray,
+    mask_file: Path | None,
+    photo_size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> torch.Tensor:
+    """The mask, drawn at the photo's size, at the model input's size as a (h, w) bool
+    tensor (what ``Region`` takes).
+
+    Nearest-neighbour, not bilinear: a mask is a set of pixels, not an intensity. Bilinear
+    would blur its edge into fractions that need a threshold of our choosing; nearest keeps
+    every pixel either in or out, exactly as the photo's pixels fall on the input's grid,
+    and it is the rule ``Region`` itself uses for each scale's output grid."""
+    if tuple(mask.shape) != tuple(photo_size):
+        raise usage_error(
+            f"--mask {mask_file}: is {mask.shape[1]}x{mask.shape[0]} pixels but the photo is "
+            f"{photo_size[1]}x{photo_size[0]}; draw the mask at the photo's size"
+        )
+    grid = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
+    resized = F.interpolate(grid, size=tuple(input_size), mode="nearest")[0, 0] > 0.5
+    if not bool(resized.any()):
+        raise usage_error(
+            f"--mask {mask_file}: its region is too small to cover any pixel of the model's "
+            f"{input_size[1]}x{input_size[0]} input"
+        )
+    return resized
