@@ -209,10 +209,8 @@ def test_compare_explains_a_box(photo_file, tmp_path, capsys):
     assert code == 0, stderr
     mapped = box_in_input(tuple(float(v) for v in typed.split(",")), (67, 101), (64, 96))
     expected = session.explain(x, "gradcam", targets=Box(mapped, label))
-    assert (
-        f"box {','.join(f'{v:g}' for v in expected.targets[0].boxes[0].tolist())} {LABELS[label]} ({label})"
-        in stderr
-    )
+    corners = ",".join(f"{v:g}" for v in expected.targets[0].boxes[0].tolist())
+    assert f"box {corners} {LABELS[label]} ({label})" in stderr
     assert f"score={expected.scales[0][0].score:.3f}" in stderr
     _assert_panel_shows(out, photo, expected.maps[0], 2, 0)
     # The wrong label: no detection matches at any scale, and compare says so.
