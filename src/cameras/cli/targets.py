@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..apps.detection import box_in_input as photo_box_in_input
 from ..core.classes import ClassError, class_index
 from ..core.targets import Box, Classes, Region, Target
 from .common import split_names, usage_error
@@ -211,11 +212,10 @@ def box_in_input(
     photo_size: tuple[int, int],
     input_size: tuple[int, int],
 ) -> tuple[float, float, float, float]:
-    """The photo's box in the model input's pixels. The input is the whole photo resized
-    (``cameras.models.Preprocess``: no crop, each side scaled to its rounded size), so x
-    scales by input width / photo width and y by input height / photo height. A box that
-    is not inside the photo is a usage error."""
-    (height, width), (in_height, in_width) = photo_size, input_size
+    """The photo's box in the model input's pixels (``apps.detection.box_in_input``: the
+    input is the whole photo resized, so x and y scale by their own ratio). A box that is
+    not inside the photo is a usage error."""
+    height, width = photo_size
     x1, y1, x2, y2 = box
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         shown = ",".join(f"{v:g}" for v in box)
@@ -223,8 +223,7 @@ def box_in_input(
             f"--box {shown}: not inside the photo, which is {width}x{height} pixels "
             f"(corners from 0,0 to {width},{height})"
         )
-    sx, sy = in_width / width, in_height / height
-    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+    return photo_box_in_input(box, photo_size, input_size)
 
 
 # ---------------------------------------------------------------- masks

@@ -1,0 +1,68 @@
+"""Detection models, as the faces and the evaluation meet them: recognising one, and
+putting a box given in a photo's pixels into the model input's pixels.
+
+A detector returns, per image, a dict of ``boxes``, ``labels`` and ``scores`` instead of
+(B, K) class scores: it has no top-5 to show and is explained for a box
+(``cameras.targets.Box``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core import families
+from ..core.capture import eval_mode, model_device, model_dtype
+
+# torchvision's detector classes, looked up along the model's class hierarchy (the same
+# classes ``core.families`` names, for a checkout where it does not yet know them).
+_TORCHVISION_DETECTORS = {"GeneralizedRCNN", "RetinaNet", "FCOS", "SSD"}
+# The side of the blank image that asks an unknown model what it returns.
+_PROBE_SIDE = 64
+
+PhotoBox = tuple[float, float, float, float]
+
+
+def is_detector(model: object) -> bool:
+    """Whether ``model`` is a detector: a torchvision detection family (by class, no
+    forward pass), else a torch module whose output for a blank image is a list of dicts
+    with ``boxes`` (one no-grad pass; training flags left as found). Other kinds of
+    models (Keras) are not."""
+    if not isinstance(model, nn.Module):
+        return False
+    family = getattr(families, "model_family", None)
+    if family is not None and family(model) == getattr(families, "DETECTION", None):
+        return True
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("torchvision") and cls.__name__ in _TORCHVISION_DETECTORS:
+            return True
+    return _returns_detections(model)
+
+
+def _returns_detections(model: nn.Module) -> bool:
+    probe = torch.zeros(
+        1, 3, _PROBE_SIDE, _PROBE_SIDE, device=model_device(model), dtype=model_dtype(model)
+    )
+    try:
+        with eval_mode(model), torch.no_grad():
+            output = model(probe)
+    except Exception:  # noqa: BLE001 - a model that cannot take the probe is no detector we know
+        return False
+    return (
+        isinstance(output, list | tuple)
+        and len(output) == 1
+        and isinstance(output[0], dict)
+        and "boxes" in output[0]
+    )
+
+
+def box_in_input(box: PhotoBox, photo_size: tuple[int, int], input_size: tuple[int, int]):
+    """A box in a photo's pixels -> the same box in the model input's pixels.
+
+    photo_size, input_size: (height, width). The input is the whole photo resized
+    (``cameras.models.Preprocess``: no crop, each side to its own rounded size), so x
+    scales by input width / photo width and y by input height / photo height."""
+    (height, width), (in_height, in_width) = photo_size, input_size
+    sx, sy = in_width / width, in_height / height
+    x1, y1, x2, y2 = box
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
