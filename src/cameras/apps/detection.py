@@ -8,6 +8,8 @@ A detector returns, per image, a dict of ``boxes``, ``labels`` and ``scores`` in
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -21,6 +23,8 @@ _TORCHVISION_DETECTORS = {"GeneralizedRCNN", "RetinaNet", "FCOS", "SSD"}
 _PROBE_SIDE = 64
 
 PhotoBox = tuple[float, float, float, float]
+
+BOX_FORMAT = "expected X1,Y1,X2,Y2: four numbers, the box's corners in the photo's pixels"
 
 
 def is_detector(model: object) -> bool:
@@ -66,3 +70,46 @@ def box_in_input(box: PhotoBox, photo_size: tuple[int, int], input_size: tuple[i
     sx, sy = in_width / width, in_height / height
     x1, y1, x2, y2 = box
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
+def parse_box(text: str) -> PhotoBox:
+    """ "10,20,110,220" -> (10.0, 20.0, 110.0, 220.0): four finite numbers, x1 < x2 and
+    y1 < y2 (left, top, right, bottom); ValueError with a one-line reason otherwise."""
+    try:
+        values = tuple(float(part.strip()) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(BOX_FORMAT)
+    x1, y1, x2, y2 = values
+    if not (x1 < x2 and y1 < y2):
+        raise ValueError("needs X1 < X2 and Y1 < Y2 (left, top, right, bottom)")
+    return values
+
+
+def check_inside(box: PhotoBox, photo_size: tuple[int, int]) -> None:
+    """ValueError when ``box`` is not inside a photo of ``photo_size`` (height, width)."""
+    height, width = photo_size
+    x1, y1, x2, y2 = box
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise ValueError(
+            f"not inside the photo, which is {width}x{height} pixels "
+            f"(corners from 0,0 to {width},{height})"
+        )
+
+
+def box_text(box: PhotoBox) -> str:
+    """(10.0, 20.5, 110.0, 220.0) -> "10,20.5,110,220" (what ``parse_box`` reads)."""
+    return ",".join(f"{v:g}" for v in box)
+
+
+def top_detections(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[tuple[int, float, tuple]]:
+    """The ``k`` highest-scoring detections of one (1, 3, h, w) input, best first, as
+    (label, score, box in the input's pixels); one no-grad pass, model left as found."""
+    with eval_mode(model), torch.no_grad():
+        found = model(x.to(model_device(model), model_dtype(model)))[0]
+    order = found["scores"].float().argsort(descending=True)[:k].tolist()
+    return [
+        (int(found["labels"][i]), float(found["scores"][i]), tuple(found["boxes"][i].tolist()))
+        for i in order
+    ]

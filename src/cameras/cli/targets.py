@@ -16,7 +16,6 @@ the mask resized). ``target_for`` does both at once for a single photo (``compar
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..apps.detection import box_in_input as photo_box_in_input
+from ..apps import detection
 from ..core.classes import ClassError, class_index
 from ..core.targets import Box, Classes, Region, Target
 from .common import split_names, usage_error
-
-BOX_FORMAT = "expected X1,Y1,X2,Y2: four numbers, the box's corners in the photo's pixels"
 
 
 def add_target_arguments(
@@ -193,18 +190,12 @@ def _class_count(session) -> int | None:
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    """ "10,20,110,220" -> (10.0, 20.0, 110.0, 220.0), finite, x1 < x2 and y1 < y2."""
-    parts = [part.strip() for part in text.split(",")]
+    """ "10,20,110,220" -> (10.0, 20.0, 110.0, 220.0) (``apps.detection.parse_box``), or a
+    usage error naming --box."""
     try:
-        values = tuple(float(part) for part in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise usage_error(f"--box {text}: {BOX_FORMAT}")
-    x1, y1, x2, y2 = values
-    if not (x1 < x2 and y1 < y2):
-        raise usage_error(f"--box {text}: needs X1 < X2 and Y1 < Y2 (left, top, right, bottom)")
-    return values
+        return detection.parse_box(text)
+    except ValueError as error:
+        raise usage_error(f"--box {text}: {error}") from None
 
 
 def box_in_input(
@@ -215,15 +206,11 @@ def box_in_input(
     """The photo's box in the model input's pixels (``apps.detection.box_in_input``: the
     input is the whole photo resized, so x and y scale by their own ratio). A box that is
     not inside the photo is a usage error."""
-    height, width = photo_size
-    x1, y1, x2, y2 = box
-    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-        shown = ",".join(f"{v:g}" for v in box)
-        raise usage_error(
-            f"--box {shown}: not inside the photo, which is {width}x{height} pixels "
-            f"(corners from 0,0 to {width},{height})"
-        )
-    return photo_box_in_input(box, photo_size, input_size)
+    try:
+        detection.check_inside(box, photo_size)
+    except ValueError as error:
+        raise usage_error(f"--box {detection.box_text(box)}: {error}") from None
+    return detection.box_in_input(box, photo_size, input_size)
 
 
 # ---------------------------------------------------------------- masks
