@@ -18,12 +18,14 @@ from cameras.cli import UsageError, main
 from cameras.cli.targets import (
     TargetRequest,
     add_target_arguments,
+    batch_targets,
     box_in_input,
     mask_in_input,
     parse_target,
     read_mask,
     target_file_tag,
     target_for,
+    target_identity,
 )
 from cameras.models import Preprocess
 from cameras.targets import Box, Classes, Region
@@ -365,3 +367,24 @@ def test_explain_style_options_refuse_a_class_with_a_set():
         parse_target(
             parser.parse_args(["--box", "1,2,3,4", "--classes", "2,3"]), _session("tiny_classifier")
         )
+
+
+def test_explain_gets_one_target_per_photo_and_an_identity_per_request(tmp_path):
+    request = TargetRequest(box=(10.0, 20.0, 60.0, 50.0), label=None)
+    # Two photos of other sizes whose inputs are both 64 x 96: each box mapped by its photo.
+    targets = batch_targets(request, [(67, 101), (128, 192)], (64, 96))
+    assert targets[0].boxes[0].tolist() == pytest.approx(
+        [10 * 96 / 101, 20 * 64 / 67, 60 * 96 / 101, 50 * 64 / 67]
+    )
+    assert targets[1].boxes[0].tolist() == pytest.approx([5.0, 10.0, 30.0, 25.0])
+    with pytest.raises(UsageError, match="not inside the photo, which is 50x40 pixels"):
+        batch_targets(request, [(40, 50)], (64, 80))
+    assert batch_targets(7, [(67, 101)], (64, 96)) == 7 and batch_targets(None, [], (1, 1)) is None
+    assert target_identity(request) == "box=10,20,60,50 label=any"
+    assert (
+        target_identity(TargetRequest(box=(1.0, 2.0, 3.0, 4.0), label=3)) == "box=1,2,3,4 label=3"
+    )
+    assert target_identity(TargetRequest(classes=(3, 7))) == "classes=3+7"
+    region = TargetRequest(mask=np.ones((2, 2), bool), mask_file=tmp_path / "m.png", label=15)
+    assert target_identity(region) == f"region=15 mask={(tmp_path / 'm.png').resolve()}"
+    assert target_identity(None) == "top-1" and target_identity(281) == "281"

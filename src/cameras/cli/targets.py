@@ -152,6 +152,34 @@ def target_file_tag(request: TargetRequest | int | None) -> str:
     return f"_region{request.label}-{stem}"
 
 
+def batch_targets(
+    request: TargetRequest | int | None,
+    photo_sizes: list[tuple[int, int]],
+    input_size: tuple[int, int],
+) -> object:
+    """What ``explain`` passes as ``targets=`` for a batch of same-size inputs made from
+    photos of ``photo_sizes`` (height, width each): a class index or None as it is (all
+    images), else one target per image (each photo's box or mask in the input's pixels).
+    A box outside one of the photos is a usage error naming --box."""
+    if not isinstance(request, TargetRequest):
+        return request
+    return [request.for_image(size, input_size) for size in photo_sizes]
+
+
+def target_identity(request: TargetRequest | int | None) -> str:
+    """What ``explain`` writes into its run identity (``class=...`` today), so that a map
+    for another box, mask or set is never taken for this one's: ``top-1``, ``281``,
+    ``box=10,20,110,220 label=3``, ``region=15 mask=/abs/mask.png``, ``classes=3+7``."""
+    if not isinstance(request, TargetRequest):
+        return "top-1" if request is None else str(request)
+    if request.classes is not None:
+        return "classes=" + "+".join(map(str, request.classes))
+    label = "any" if request.label is None else str(request.label)
+    if request.box is not None:
+        return f"box={detection.box_text(request.box)} label={label}"
+    return f"region={label} mask={Path(request.mask_file).resolve()}"
+
+
 # ---------------------------------------------------------------- classes
 
 
