@@ -211,8 +211,8 @@ def test_compare_explains_a_box(photo_file, tmp_path, capsys):
     assert code == 0, stderr
     mapped = box_in_input(tuple(float(v) for v in typed.split(",")), (67, 101), (64, 96))
     expected = session.explain(x, "gradcam", targets=Box(mapped, label))
-    corners = ",".join(f"{v:g}" for v in expected.targets[0].boxes[0].tolist())
-    assert f"box {corners} {LABELS[label]} ({label})" in stderr
+    shown = ",".join(f"{float(v):g}" for v in typed.split(","))  # as typed, the photo's pixels
+    assert f"tiny_detector: box {shown} {LABELS[label]} ({label}) score=" in stderr
     assert f"score={expected.scales[0][0].score:.3f}" in stderr
     _assert_panel_shows(out, photo, expected.maps[0], 2, 0)
     # The wrong label: no detection matches at any scale, and compare says so.
@@ -220,7 +220,7 @@ def test_compare_explains_a_box(photo_file, tmp_path, capsys):
     code, _, stderr = _compare(
         [photo_file, *common, "--box", typed, "--class", wrong, "--out", out], capsys
     )
-    assert code == 0 and "warning: gradcam: the target is absent at every scale" in stderr
+    assert code == 0 and "warning: gradcam, cameras: the target is absent at every scale" in stderr
 
 
 def test_compare_explains_a_region(photo_file, tmp_path, capsys):

@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..apps.detection import box_text
 from ..apps.viz import Panel, comparison_figure, difference_map, save_figure
-from ..core.classes import ClassError
+from ..core.classes import ClassError, class_label
 from ..core.images import ImageError, load_image
 from ..core.targets import Classes
 from ..methods import METHODS
@@ -35,7 +36,13 @@ from .common import (
     split_names,
     usage_error,
 )
-from .targets import TargetRequest, add_target_arguments, parse_class_set, parse_target
+from .targets import (
+    TargetRequest,
+    add_target_arguments,
+    parse_box,
+    parse_class_set,
+    parse_target,
+)
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).
 _FORMATS = {".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff", ".webp"}
@@ -182,12 +189,25 @@ def _row_measure(result, i: int, digits: int) -> str:
     return "score=?" if score is None else f"score={score:.{digits}f}"
 
 
-def _rows_of(name: str, session: Session, results: list, prefix: str) -> list[list[Panel]]:
+def _labels(args, session: Session, result) -> list[str]:
+    """The rows' labels: ``Explanation.target_labels``, except that a box is shown as the
+    user typed it, in the photo's pixels (the target holds it in the input's)."""
+    labels = list(result.target_labels)
+    if args.box is not None:
+        index = getattr(result.targets[0], "index", None)
+        named = "" if index is None else f" {class_label(index, session.class_names)}"
+        labels[0] = f"box {box_text(parse_box(args.box))}{named}"
+    return labels
+
+
+def _rows_of(
+    name: str, session: Session, results: list, prefix: str, labels: list[str]
+) -> list[list[Panel]]:
     """One row per target explained (a panel per method); with two targets, a third row of
     differences. Prints each target's probability or score (and CAMERAS's kept scales)."""
     rows = []
     first = results[0]
-    for i, label in enumerate(first.target_labels):
+    for i, label in enumerate(labels):
         title = f"{label} {_row_measure(first, i, 2)}"
         rows.append([Panel(r.maps[i], f"{prefix}{r.method}\n{title}") for r in results])
         line = f"{name}: {label} {_row_measure(first, i, 3)}"
@@ -196,9 +216,14 @@ def _rows_of(name: str, session: Session, results: list, prefix: str) -> list[li
                 line += f", cameras scales kept {[s.scale for s in result.scales[i] if s.kept]}"
                 if result.scale_warnings[i]:
                     line += f"\n  warning: {result.scale_warnings[i]}"
-            if not any(s.kept for s in result.scales[i]) and not isinstance(result.targets[i], int):
-                line += f"\n  warning: {result.method}: the target is absent at every scale "
-                line += "(no detection matches the box, or the class does not hold the region)"
+        absent = [
+            r.method
+            for r in results
+            if not isinstance(r.targets[i], int) and not any(s.kept for s in r.scales[i])
+        ]
+        if absent:
+            line += f"\n  warning: {', '.join(absent)}: the target is absent at every scale "
+            line += "(no detection matches the box, or the class does not hold the region)"
         print(line, file=sys.stderr)
     if len(first.targets) == 2:
         a, b = (_short_name(session, first, i) for i in range(2))
@@ -258,7 +283,9 @@ def run(args: argparse.Namespace) -> int:
 
     rows: list[list[Panel]] = []
     for k, (name, session) in enumerate(opened):
-        rows.extend(_rows_of(name, session, by_model[k], f"{name} \u00b7 " if several else ""))
+        prefix = f"{name} \u00b7 " if several else ""
+        labels = _labels(args, session, by_model[k][0])
+        rows.extend(_rows_of(name, session, by_model[k], prefix, labels))
 
     diff_labels = None
     if len(by_model[0][0].targets) == 2 and opened[0][1].class_names:
