@@ -388,3 +388,42 @@ def test_explain_gets_one_target_per_photo_and_an_identity_per_request(tmp_path)
     region = TargetRequest(mask=np.ones((2, 2), bool), mask_file=tmp_path / "m.png", label=15)
     assert target_identity(region) == f"region=15 mask={(tmp_path / 'm.png').resolve()}"
     assert target_identity(None) == "top-1" and target_identity(281) == "281"
+
+
+# ---------------------------------------------------------------- a real detector, by name
+
+DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"
+
+
+@pytest.fixture(scope="module")
+def detector_weights(tmp_path_factory):
+    """Random weights for a torchvision detector, as a local file (nothing downloads)."""
+    from cameras.core import families
+
+    if not hasattr(families, "model_family"):
+        pytest.skip("torchvision detection families are not loaded by name yet (families)")
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(DETECTOR, weights=None, weights_backbone=None)
+    path = tmp_path_factory.mktemp("detector") / "random.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_compare_explains_a_box_of_a_torchvision_detector_by_name(
+    detector_weights, photo_file, tmp_path, capsys, monkeypatch
+):
+    from conftest import shared_load_model
+
+    monkeypatch.setattr(cameras.session, "load_model", shared_load_model)
+    out = tmp_path / "detector.png"
+    args = [photo_file, "--model", DETECTOR, "--weights", detector_weights, "--methods"]
+    args += ["gradcam", "--box", "10,5,90,60", "--class", "cat", "--device", "cpu", "--out", out]
+    code, stdout, stderr = _compare(args, capsys)
+    assert code == 0, stderr
+    # COCO's names come with the model; the box is shown as typed; random weights detect
+    # nothing there, which compare reports.
+    assert stderr.startswith(f"{DETECTOR}: box 10,5,90,60 cat (17) score=0.000\n")
+    assert "warning: gradcam: the target is absent at every scale" in stderr
+    assert out.exists() and str(out) in stdout
