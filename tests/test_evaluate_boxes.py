@@ -92,3 +92,42 @@ def test_evidence_far_from_the_box_is_a_miss_within_the_tolerance_and_a_hit_beyo
         (row,) = _rows(session, photo, {label: (box,)}, tolerance)
         assert row["pointing"] == hit, tolerance
         assert row["energy"] == 0.0  # the map's mass is nowhere near the box
+
+
+def test_cameras_evaluate_scores_a_detector_per_box(photo, tmp_path, capsys, monkeypatch):
+    import csv
+    import json
+
+    import cameras.session
+    from cameras.cli import main
+
+    torch.manual_seed(0)
+    model = TinyDetector().eval()
+    prep = Preprocess(64, (0.5,) * 3, (0.25,) * 3)
+    labels = ["background", "cat", "dog"]
+    monkeypatch.setattr(cameras.session, "load_model", lambda *a, **k: (model, prep, labels))
+    session = _session(model)
+    box, label = _cell_detection(session, load_item(Record("s", photo, {0: ((0, 0, 1, 1),)}), prep))
+    wrong = (label + 1) % 3
+    objects = [{"class_index": c, "boxes": [list(box)]} for c in (label, wrong)]
+    data = tmp_path / "boxes.json"
+    data.write_text(json.dumps([{"file": str(photo), "objects": objects}]))
+    base = ["evaluate", str(data), "--model", "tiny", "--layer", "act", "--methods", "layercam"]
+    base += ["--tolerance", "0", "--workers", "0"]
+    assert main([*base, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    with open(tmp_path / "out" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["class_index"]), float(r["pointing"])) for r in rows] == [
+        (label, 1.0),
+        (wrong, 0.0),
+    ]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert summary.splitlines()[0] == "| method | pointing ↑ | energy ↑ |"
+    assert "| layercam | 0.500 ± " in summary
+    capsys.readouterr()
+    code = main([*base, "--metrics", "pointing,insertion", "--out", str(tmp_path / "other")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == [
+        "cameras evaluate: error: --metrics insertion: a detection model is scored per box "
+        "with pointing and energy only"
+    ]
