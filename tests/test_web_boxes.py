@@ -96,8 +96,13 @@ def test_explain_explains_the_typed_box_with_the_library(session, photo_file):
     np.testing.assert_allclose(
         np.load(page["files"][1]), resize_map(expected.maps[0], 67, 101), atol=1e-6
     )
-    assert page["status"] == f"Explained **{expected.target_labels[0]}**."
-    assert page["items"][0][1] == f"gradcam: {expected.target_labels[0]}"
+    # Named as typed, in the photo's pixels (the target holds the input's).
+    assert page["status"] == "Explained **box 10,20,60,50 dog (2)**."
+    assert page["items"][0][1] == "gradcam: box 10,20,60,50 dog (2)"
+    anything = handle_explain(
+        session, state, " ", ["gradcam"], "fewer", 1.0, folders, box="10,20,60,50"
+    )
+    assert anything["status"] == "Explained **box 10,20,60,50**."
     shutil.rmtree(folders.root)
 
 

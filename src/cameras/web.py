@@ -26,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from .apps import detection
 from .apps.viz import save_map
 from .core.budget import MemoryBudgetError
-from .core.classes import ClassError, class_index
+from .core.classes import ClassError, class_index, class_label
 from .core.images import ImageError, load_image
 from .core.targets import Box, Target
 from .methods import METHODS, SaliencyMethod, default_scales
@@ -314,14 +314,17 @@ def handle_explain(
         return {**failed, "status": _error("upload a photo first")}
     methods = [name for name in METHODS if name in (chosen or [])]
     try:
+        shown = None
         if is_detection_session(session):
-            index = box_target(session, state, text, box)
+            index, shown = box_target(session, state, text, box)
         else:
             try:
                 index = session.class_index(text or "")
             except ClassError as error:
                 raise WebError(str(error)) from None
         results = explain_photo(session, state["image"], index, methods, preset, progress)
+        if shown is not None:  # the box as typed, in the photo's pixels, not the input's
+            results = [replace(result, target_name=shown) for result in results]
     except WebError as error:
         return {**failed, "status": _error(str(error))}
     items, files = render(state["image"], results, alpha, folders.new(), state["stem"])
@@ -474,9 +477,12 @@ def handle_corner(state: dict | None, corner, point, box: str | None) -> dict:
     }
 
 
-def box_target(session: Session, state: dict, label: str | None, box: str | None) -> Box:
+def box_target(
+    session: Session, state: dict, label: str | None, box: str | None
+) -> tuple[Box, str]:
     """The ``Box`` of a typed box (the photo's pixels) and label (empty: any), in the
-    pixels of the model input made from the photo; WebError with a one-line reason."""
+    pixels of the model input made from the photo, and how the page names it ("box
+    10,20,60,50 dog (18)"); WebError with a one-line reason."""
     text = (box or "").strip()
     if not text:
         raise WebError("type a box as x1,y1,x2,y2 or click two corners on the photo")
@@ -493,7 +499,9 @@ def box_target(session: Session, state: dict, label: str | None, box: str | None
         except ClassError as error:
             raise WebError(str(error)) from None
     in_width, in_height = session.prep.resized_size(*state["image"].size)
-    return Box(detection.box_in_input(corners, (height, width), (in_height, in_width)), index)
+    target = Box(detection.box_in_input(corners, (height, width), (in_height, in_width)), index)
+    named = "" if index is None else f" {class_label(index, session.class_names)}"
+    return target, f"box {detection.box_text(corners)}{named}"
 
 
 def build_app(
