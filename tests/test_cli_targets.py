@@ -13,14 +13,14 @@ from helpers import TinyDetector, TinyNet, TinySegmenter
 from PIL import Image, ImageDraw
 
 import cameras.session
+from cameras.apps.detection import box_in_input
+from cameras.apps.photo_targets import mask_in_input
 from cameras.apps.viz import Panel, comparison_figure, fit_height, panel_boxes, panel_image
 from cameras.cli import UsageError, main
 from cameras.cli.targets import (
     TargetRequest,
     add_target_arguments,
     batch_targets,
-    box_in_input,
-    mask_in_input,
     parse_target,
     read_mask,
     target_file_tag,
@@ -377,7 +377,7 @@ def test_explain_gets_one_target_per_photo_and_an_identity_per_request(tmp_path)
         [10 * 96 / 101, 20 * 64 / 67, 60 * 96 / 101, 50 * 64 / 67]
     )
     assert targets[1].boxes[0].tolist() == pytest.approx([5.0, 10.0, 30.0, 25.0])
-    with pytest.raises(UsageError, match="not inside the photo, which is 50x40 pixels"):
+    with pytest.raises(ValueError, match=r"^box 10,20,60,50: not inside the photo, which is 50x40"):
         batch_targets(request, [(40, 50)], (64, 80))
     assert batch_targets(7, [(67, 101)], (64, 96)) == 7 and batch_targets(None, [], (1, 1)) is None
     assert target_identity(request) == "box=10,20,60,50 label=any"

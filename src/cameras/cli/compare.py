@@ -42,6 +42,7 @@ from .targets import (
     parse_box,
     parse_class_set,
     parse_target,
+    target_of_photo,
 )
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).
@@ -169,7 +170,7 @@ def _row_targets(args, session: Session, photo_size, input_size) -> list | None:
         return rows
     request = parse_target(args, session)
     if isinstance(request, TargetRequest):
-        return [request.for_image(photo_size, input_size)]
+        return [target_of_photo(request, photo_size, input_size)]
     return None if request is None else [request]
 
 

@@ -8,26 +8,30 @@
 
 Two steps, so that every mistake is a one-line usage error before any image is read:
 ``parse_target(args, session)`` checks the options and reads the mask file into a
-``TargetRequest``; ``request.for_image(photo_size, input_size)`` then turns it into the
-target of one photo, in the coordinates of the model input made from it (the box mapped,
-the mask resized). ``target_for`` does both at once for a single photo (``compare``).
+``TargetRequest`` (``apps.photo_targets.PhotoTarget``); ``target_of_photo(request,
+photo_size, input_size)`` then turns it into the target of one photo, in the pixels of the
+model input made from it (the box mapped, the mask resized). ``target_for`` does both at
+once for a single photo (``compare``). ``explain`` batches photos: ``batch_targets``,
+``target_file_tag`` and ``target_identity`` are re-exported here for it.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..apps import detection
+from ..apps.photo_targets import (  # noqa: F401 - the faces' names for explain.py
+    PhotoTarget,
+    batch_targets,
+    target_file_tag,
+    target_identity,
+)
 from ..core.classes import ClassError, class_index
-from ..core.targets import Box, Classes, Region, Target
+from ..core.targets import Target
 from .common import split_names, usage_error
 
 
@@ -69,29 +73,8 @@ def add_target_arguments(
 # ---------------------------------------------------------------- the request
 
 
-@dataclass(frozen=True)
-class TargetRequest:
-    """What the options ask for, checked, before any photo is read (picklable).
-
-    Exactly one of: ``box`` (x1, y1, x2, y2 in the photo's pixels, with ``label`` the
-    detection's class index or None), ``mask`` ((H, W) bool at the mask file's size,
-    with ``label`` the region's class), ``classes`` (a multi-label set of indices).
-    """
-
-    box: tuple[float, float, float, float] | None = None
-    mask: np.ndarray | None = None
-    mask_file: Path | None = None
-    classes: tuple[int, ...] | None = None
-    label: int | None = None
-
-    def for_image(self, photo_size: tuple[int, int], input_size: tuple[int, int]) -> Target:
-        """The target of one photo of ``photo_size`` (height, width) whose model input is
-        ``input_size`` (height, width): the box and the mask in the input's pixels."""
-        if self.classes is not None:
-            return Classes(list(self.classes))
-        if self.box is not None:
-            return Box(box_in_input(self.box, photo_size, input_size), self.label)
-        return Region(self.label, mask_in_input(self.mask, self.mask_file, photo_size, input_size))
+# What the options ask for, checked, before any photo is read (``apps.photo_targets``).
+TargetRequest = PhotoTarget
 
 
 def parse_target(args: argparse.Namespace, session) -> TargetRequest | int | None:
@@ -132,52 +115,18 @@ def target_for(
     request = parse_target(args, session)
     if not isinstance(request, TargetRequest):
         return request
-    return request.for_image(photo_size, input_size)
+    return target_of_photo(request, photo_size, input_size)
 
 
-def target_file_tag(request: TargetRequest | int | None) -> str:
-    """What output file names add for a target: ``""`` (top-1), ``_class281``,
-    ``_box10-20-110-220`` (+ ``_class3`` with a label), ``_region15-<mask stem>``,
-    ``_classes3+7``; the box in the photo's pixels, as typed."""
-    if request is None:
-        return ""
-    if isinstance(request, int):
-        return f"_class{request}"
-    if request.classes is not None:
-        return "_classes" + "+".join(map(str, request.classes))
-    label = "" if request.label is None else f"_class{request.label}"
-    if request.box is not None:
-        return "_box" + "-".join(f"{v:g}" for v in request.box) + label
-    stem = re.sub(r"[^\w.-]+", "-", request.mask_file.stem) if request.mask_file else "mask"
-    return f"_region{request.label}-{stem}"
-
-
-def batch_targets(
-    request: TargetRequest | int | None,
-    photo_sizes: list[tuple[int, int]],
-    input_size: tuple[int, int],
-) -> object:
-    """What ``explain`` passes as ``targets=`` for a batch of same-size inputs made from
-    photos of ``photo_sizes`` (height, width each): a class index or None as it is (all
-    images), else one target per image (each photo's box or mask in the input's pixels).
-    A box outside one of the photos is a usage error naming --box."""
-    if not isinstance(request, TargetRequest):
-        return request
-    return [request.for_image(size, input_size) for size in photo_sizes]
-
-
-def target_identity(request: TargetRequest | int | None) -> str:
-    """What ``explain`` writes into its run identity (``class=...`` today), so that a map
-    for another box, mask or set is never taken for this one's: ``top-1``, ``281``,
-    ``box=10,20,110,220 label=3``, ``region=15 mask=/abs/mask.png``, ``classes=3+7``."""
-    if not isinstance(request, TargetRequest):
-        return "top-1" if request is None else str(request)
-    if request.classes is not None:
-        return "classes=" + "+".join(map(str, request.classes))
-    label = "any" if request.label is None else str(request.label)
-    if request.box is not None:
-        return f"box={detection.box_text(request.box)} label={label}"
-    return f"region={label} mask={Path(request.mask_file).resolve()}"
+def target_of_photo(
+    request: TargetRequest, photo_size: tuple[int, int], input_size: tuple[int, int]
+) -> Target:
+    """``request.for_image``, its problems (a box outside the photo, a mask of another
+    size) as usage errors naming the option (``--box ...``, ``--mask ...``)."""
+    try:
+        return request.for_image(photo_size, input_size)
+    except ValueError as error:
+        raise usage_error(f"--{error}") from None
 
 
 # ---------------------------------------------------------------- classes
@@ -226,21 +175,6 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         raise usage_error(f"--box {text}: {error}") from None
 
 
-def box_in_input(
-    box: tuple[float, float, float, float],
-    photo_size: tuple[int, int],
-    input_size: tuple[int, int],
-) -> tuple[float, float, float, float]:
-    """The photo's box in the model input's pixels (``apps.detection.box_in_input``: the
-    input is the whole photo resized, so x and y scale by their own ratio). A box that is
-    not inside the photo is a usage error."""
-    try:
-        detection.check_inside(box, photo_size)
-    except ValueError as error:
-        raise usage_error(f"--box {detection.box_text(box)}: {error}") from None
-    return detection.box_in_input(box, photo_size, input_size)
-
-
 # ---------------------------------------------------------------- masks
 
 
@@ -269,31 +203,3 @@ def _nonzero(image: Image.Image) -> np.ndarray:
         return (pixels[..., :-1] != 0).any(-1) & (pixels[..., -1] != 0)
     pixels = np.asarray(image)
     return pixels != 0 if pixels.ndim == 2 else (pixels != 0).any(-1)
-
-
-def mask_in_input(
-    mask: np.ndarray,
-    mask_file: Path | None,
-    photo_size: tuple[int, int],
-    input_size: tuple[int, int],
-) -> torch.Tensor:
-    """The mask, drawn at the photo's size, at the model input's size as a (h, w) bool
-    tensor (what ``Region`` takes).
-
-    Nearest-neighbour, not bilinear: a mask is a set of pixels, not an intensity. Bilinear
-    would blur its edge into fractions that need a threshold of our choosing; nearest keeps
-    every pixel either in or out, exactly as the photo's pixels fall on the input's grid,
-    and it is the rule ``Region`` itself uses for each scale's output grid."""
-    if tuple(mask.shape) != tuple(photo_size):
-        raise usage_error(
-            f"--mask {mask_file}: is {mask.shape[1]}x{mask.shape[0]} pixels but the photo is "
-            f"{photo_size[1]}x{photo_size[0]}; draw the mask at the photo's size"
-        )
-    grid = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
-    resized = F.interpolate(grid, size=tuple(input_size), mode="nearest")[0, 0] > 0.5
-    if not bool(resized.any()):
-        raise usage_error(
-            f"--mask {mask_file}: its region is too small to cover any pixel of the model's "
-            f"{input_size[1]}x{input_size[0]} input"
-        )
-    return resized
