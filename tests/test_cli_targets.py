@@ -211,6 +211,7 @@ def test_compare_explains_a_box(photo_file, tmp_path, capsys):
     assert code == 0, stderr
     mapped = box_in_input(tuple(float(v) for v in typed.split(",")), (67, 101), (64, 96))
     expected = session.explain(x, "gradcam", targets=Box(mapped, label))
+    assert expected.scales[0][0].kept and float(expected.maps[0].max()) == 1.0  # a real map
     shown = ",".join(f"{float(v):g}" for v in typed.split(","))  # as typed, the photo's pixels
     assert f"tiny_detector: box {shown} {LABELS[label]} ({label}) score=" in stderr
     assert f"score={expected.scales[0][0].score:.3f}" in stderr

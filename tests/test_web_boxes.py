@@ -86,23 +86,42 @@ def test_two_clicks_on_a_scaled_preview_make_a_box_in_the_photos_pixels(
 
 def test_explain_explains_the_typed_box_with_the_library(session, photo_file):
     state = handle_upload(session, str(photo_file))["state"]
+    photo = Image.open(photo_file).convert("RGB")
+    x = session.input(photo)
+    with torch.no_grad():
+        found = session.model(x)[0]
+    cell = int(found["scores"].argmax())  # the best detection: its box, in the photo's pixels
+    typed = ",".join(f"{v:g}" for v in _in_photo(found["boxes"][cell].tolist()))
+    label = int(found["labels"][cell])
     folders = ResultFolders()
     page = handle_explain(
-        session, state, "dog", ["gradcam"], "fewer", 1.0, folders, box="10,20,60,50"
+        session, state, LABELS[label], ["gradcam"], "fewer", 1.0, folders, box=typed
     )
-    photo = Image.open(photo_file).convert("RGB")
-    mapped = (10 * 96 / 101, 20 * 64 / 67, 60 * 96 / 101, 50 * 64 / 67)
-    expected = session.method("gradcam")(session.input(photo), targets=Box(mapped, 2))
+    corners = [float(v) for v in typed.split(",")]
+    mapped = (
+        corners[0] * 96 / 101,
+        corners[1] * 64 / 67,
+        corners[2] * 96 / 101,
+        corners[3] * 64 / 67,
+    )
+    expected = session.method("gradcam")(x, targets=Box(mapped, label))
+    assert expected.scales[0][0].kept and float(expected.maps[0].max()) == 1.0  # found: a real map
     np.testing.assert_allclose(
         np.load(page["files"][1]), resize_map(expected.maps[0], 67, 101), atol=1e-6
     )
     # Named as typed, in the photo's pixels (the target holds the input's).
-    assert page["status"] == "Explained **box 10,20,60,50 dog (2)**."
-    assert page["items"][0][1] == "gradcam: box 10,20,60,50 dog (2)"
-    anything = handle_explain(
-        session, state, " ", ["gradcam"], "fewer", 1.0, folders, box="10,20,60,50"
+    name = f"box {typed} {LABELS[label]} ({label})"
+    assert page["status"] == f"Explained **{name}**."
+    assert page["items"][0][1] == f"gradcam: {name}"
+    anything = handle_explain(session, state, " ", ["gradcam"], "fewer", 1.0, folders, box=typed)
+    assert anything["status"] == f"Explained **box {typed}**."
+    np.testing.assert_allclose(np.load(anything["files"][1]), np.load(page["files"][1]), atol=1e-6)
+    # A label that detection does not have: nothing matches, and the page says so.
+    other = LABELS[(label + 1) % 3]
+    empty = handle_explain(session, state, other, ["gradcam"], "fewer", 1.0, folders, box=typed)
+    assert empty["status"].endswith(
+        ". Warning: no detection of the model matches this box (and label), so the map is empty."
     )
-    assert anything["status"] == "Explained **box 10,20,60,50**."
     shutil.rmtree(folders.root)
 
 

@@ -331,7 +331,9 @@ def handle_explain(
     kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
     note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
     warning = next((r.warning for r in results if r.warning), None)
-    if warning:  # fewer than half of the scales counted
+    if shown is not None and not any(r.scales_kept for r in results):
+        warning = "no detection of the model matches this box (and label), so the map is empty"
+    if warning:  # fewer than half of the scales counted, or a box that nothing matches
         note += f". Warning: {warning}"
     done = {"results": results, "image": state["image"], "stem": state["stem"]}
     return {
@@ -410,8 +412,9 @@ def _detector_upload(
     return {
         "state": state,
         "preview": _with_box(preview, best[2], photo_size) if best else preview,
-        "status": f"**{path.name}**: {shown}. Type a box (x1,y1,x2,y2) or click two corners "
-        "on the photo, then Explain.",
+        "status": f"**{path.name}**: {shown}. "
+        + ("" if listed else "The model detects nothing in it. ")
+        + "Type a box (x1,y1,x2,y2) or click two corners on the photo, then Explain.",
         "top5": {
             f"{name} at {detection.box_text(box)}": score
             for (label, score, box), name in zip(listed, _names(session, listed), strict=True)
