@@ -1,4 +1,5 @@
-"""Models to explain: the embedded default, torchvision / timm names, local weight files.
+"""Models to explain: the embedded default, torchvision / timm names (torchvision's
+segmentation and detection names through ``tasks``), local weight files.
 
 Nothing here downloads at run time unless the user asks for a name whose weights are
 not on the machine; then the error says how to pass a local file instead. ``lite`` builds
@@ -102,10 +103,12 @@ def load_model(
     device: str | torch.device | None = None,
     pretrained: bool = True,
 ) -> tuple[nn.Module, Preprocess, list[str] | None]:
-    """Build a classifier in eval mode; returns (model, preprocessing, class names).
+    """Build a model in eval mode; returns (model, preprocessing, class names).
 
     name: ``efficientnet_lite0`` (default, weights ship with the package), ``_lite1``,
-        ``_lite2``, a torchvision model name (``resnet50``) or a timm name.
+        ``_lite2``, a torchvision model name (``resnet50``), a timm name, or a torchvision
+        segmentation or detection name (``fcn_resnet50``, ``fasterrcnn_resnet50_fpn``:
+        ``cameras.models.tasks``; their class names are VOC's or COCO's).
     weights: a local state dict file (``torch.save``) or a safetensors file to load instead
         of downloading pretrained weights; for transformers too (``vit_small_patch16_224``,
         torchvision's ``vit_b_16``, ``swin_t``).
@@ -115,14 +118,16 @@ def load_model(
     (input size, mean, std), torchvision's weight metadata (crop size, mean, std) or, for
     a torchvision ViT, the input size it was built for.
     """
+    classes = None
     if name in _LITE:
         model, prep = _load_lite(name, weights, pretrained)
     else:
-        model, prep = _load_named(name, weights, pretrained)
+        model, prep, classes = _load_named(name, weights, pretrained)
     model.eval()
     if device is not None:
         model.to(device)
-    classes = imagenet_classes() if _num_classes(model) == 1000 else None
+    if classes is None and _num_classes(model) == 1000:
+        classes = imagenet_classes()
     if classes is not None:
         setattr(model, CLASS_NAMES_ATTRIBUTE, classes)  # our model: it carries its names
     return model, prep, classes
@@ -215,11 +220,17 @@ def _load_into(model: nn.Module, state: dict, source: str) -> None:
         raise ModelError(f"weights {source} do not fit the model: {first}") from None
 
 
-def _load_named(name: str, weights, pretrained: bool) -> tuple[nn.Module, Preprocess]:
+def _load_named(
+    name: str, weights, pretrained: bool
+) -> tuple[nn.Module, Preprocess, list[str] | None]:
     import timm
     import torchvision
 
+    from .tasks import load_task_model, task_model_names
+
     torchvision_names = set(torchvision.models.list_models(module=torchvision.models))
+    if name in task_model_names():  # segmentation and detection
+        return load_task_model(name, weights, pretrained)
     if name in torchvision_names:
         use_download = pretrained and weights is None
         try:
@@ -236,13 +247,13 @@ def _load_named(name: str, weights, pretrained: bool) -> tuple[nn.Module, Prepro
         config = model.pretrained_cfg
         prep = Preprocess(config["input_size"][-1], config["mean"], config["std"])
     else:
-        known = sorted(torchvision_names) + list(_LITE)
+        known = sorted(torchvision_names | task_model_names()) + list(_LITE)
         close = difflib.get_close_matches(name, known, n=5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ModelError(f"unknown model {name!r} (not a torchvision or timm name){hint}")
     if weights is not None:
         _load_into(model, _load_state_dict(weights), str(weights))
-    return model, prep
+    return model, prep, None
 
 
 def _torchvision_preprocess(name: str, model: nn.Module) -> Preprocess:
