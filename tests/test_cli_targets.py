@@ -399,10 +399,6 @@ DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"
 @pytest.fixture(scope="module")
 def detector_weights(tmp_path_factory):
     """Random weights for a torchvision detector, as a local file (nothing downloads)."""
-    from cameras.core import families
-
-    if not hasattr(families, "model_family"):
-        pytest.skip("torchvision detection families are not loaded by name yet (families)")
     import torchvision
 
     torch.manual_seed(0)

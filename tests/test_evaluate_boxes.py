@@ -131,3 +131,17 @@ def test_cameras_evaluate_scores_a_detector_per_box(photo, tmp_path, capsys, mon
         "cameras evaluate: error: --metrics insertion: a detection model is scored per box "
         "with pointing and energy only"
     ]
+
+
+def test_a_torchvision_detector_is_known_by_its_class_and_a_segmenter_or_classifier_is_not():
+    import torchvision
+    from helpers import TinyNet, TinySegmenter
+
+    detector = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3
+    )
+    forward = detector.forward
+    detector.forward = None  # known by its class: never run
+    assert is_detector(detector)
+    detector.forward = forward
+    assert not is_detector(TinySegmenter().eval()) and not is_detector(TinyNet().eval())

@@ -16,9 +16,6 @@ from torch import nn
 from ..core import families
 from ..core.capture import eval_mode, model_device, model_dtype
 
-# torchvision's detector classes, looked up along the model's class hierarchy (the same
-# classes ``core.families`` names, for a checkout where it does not yet know them).
-_TORCHVISION_DETECTORS = {"GeneralizedRCNN", "RetinaNet", "FCOS", "SSD"}
 # The side of the blank image that asks an unknown model what it returns.
 _PROBE_SIDE = 64
 
@@ -28,18 +25,16 @@ BOX_FORMAT = "expected X1,Y1,X2,Y2: four numbers, the box's corners in the photo
 
 
 def is_detector(model: object) -> bool:
-    """Whether ``model`` is a detector: a torchvision detection family (by class, no
-    forward pass), else a torch module whose output for a blank image is a list of dicts
-    with ``boxes`` (one no-grad pass; training flags left as found). Other kinds of
-    models (Keras) are not."""
+    """Whether ``model`` is a detector: a torchvision detection family
+    (``core.families.model_family``, by class, no forward pass), else a torch module whose
+    output for a blank image is a list of dicts with ``boxes`` (one no-grad pass, model
+    left as found; a known family of another kind is not asked). Other kinds of models
+    (Keras) are not."""
     if not isinstance(model, nn.Module):
         return False
-    family = getattr(families, "model_family", None)
-    if family is not None and family(model) == getattr(families, "DETECTION", None):
-        return True
-    for cls in type(model).__mro__:
-        if cls.__module__.startswith("torchvision") and cls.__name__ in _TORCHVISION_DETECTORS:
-            return True
+    family = families.model_family(model)
+    if family is not None:
+        return family == families.DETECTION
     return _returns_detections(model)
 
 
