@@ -10,9 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinyNet, assert_left_as_found, model_state
+from helpers import (
+    TinyDetector,
+    TinyNet,
+    TinySegmenter,
+    assert_left_as_found,
+    model_state,
+)
 from oracle import oracle_target_cameras
-from torch import nn
 
 import cameras
 from cameras.core.targets import as_target
@@ -20,50 +25,6 @@ from cameras.methods import METHODS, build_method
 from cameras.targets import Box, Class, Classes, Region, Similarity
 
 TOLERANCE = 1e-4
-
-
-def _features() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.BatchNorm2d(16),
-    )
-
-
-class TinySegmenter(nn.Module):
-    """Per-pixel class scores at the input's size, as torchvision returns them."""
-
-    def __init__(self, classes: int = 4) -> None:
-        super().__init__()
-        self.features = _features()
-        self.act = nn.ReLU()
-        self.head = nn.Conv2d(16, classes, 1)
-
-    def forward(self, x):
-        low = self.head(self.act(self.features(x)))
-        return {"out": F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)}
-
-
-class TinyDetector(nn.Module):
-    """One detection per cell of the stride-4 grid: the cell's 2x2-cell box in this input's
-    pixels, its best label and that label's sigmoid score (no threshold, no NMS)."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.features = _features()
-        self.act = nn.ReLU()
-        self.head = nn.Conv2d(16, classes, 1)
-
-    def forward(self, x):
-        logits = self.head(self.act(self.features(x)))
-        rows, cols = logits.shape[2:]
-        step_y, step_x = x.shape[2] / rows, x.shape[3] / cols
-        ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-        corners = [xs * step_x, ys * step_y, (xs + 2) * step_x, (ys + 2) * step_y]
-        boxes = torch.stack(corners, -1).reshape(-1, 4).float()
-        scores, labels = torch.sigmoid(logits).flatten(2).max(1)
-        return [{"boxes": boxes, "labels": labels[b], "scores": scores[b]} for b in range(len(x))]
 
 
 @pytest.fixture(scope="module")

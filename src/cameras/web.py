@@ -6,7 +6,12 @@ the class from the rule in ``cameras.core.classes`` and the pictures from ``viz.
 exactly as ``cameras explain`` does; there is no saliency maths here.
 
 Everything above ``build_app``, the handlers included, needs no Gradio: the tests call
-``handle_upload`` / ``handle_explain`` / ``handle_opacity`` directly.
+``handle_upload`` / ``handle_explain`` / ``handle_opacity`` / ``handle_corner`` directly.
+
+For a detection model (``apps.detection.is_detector``) the page explains a box instead of
+a class: the upload lists the model's top detections (the best one's box filled in), a box
+is typed as ``x1,y1,x2,y2`` in the photo's pixels or drawn by clicking two corners on the
+photo, and the class box is the label the detection must have (empty: any).
 """
 
 from __future__ import annotations
@@ -19,18 +24,21 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from .apps import detection
 from .apps.viz import save_map
 from .core.budget import MemoryBudgetError
-from .core.classes import ClassError
+from .core.classes import ClassError, class_index, class_label
 from .core.images import ImageError, load_image
+from .core.targets import Box, Target
 from .methods import METHODS, SaliencyMethod, default_scales
 from .session import Session
 
@@ -121,7 +129,7 @@ class MapResult:
 
     method: str
     saliency: np.ndarray
-    target: int
+    target: int | Target  # a class index, or the target explained (a detector's Box)
     target_name: str
     scales_kept: list[int]
     warning: str | None = None  # fewer than half of the scales counted
@@ -140,12 +148,13 @@ def method_for(session: Session, name: str, preset: str = "default") -> Saliency
 def explain_photo(
     session: Session,
     image: Image.Image,
-    target: int,
+    target: int | Target,
     methods: Sequence[str],
     preset: str = "default",
     progress: Callable[[int, str], None] | None = None,
 ) -> list[MapResult]:
-    """One map per method for ``target``, each resized to the photo's own size.
+    """One map per method for ``target`` (a class index, or a target such as a ``Box`` in
+    the model input's pixels), each resized to the photo's own size.
 
     progress(i, name) is called before method i (0-based) starts.
     """
@@ -165,7 +174,10 @@ def explain_photo(
         kept = [s.scale for s in explanation.scales[0] if s.kept]
         chosen = explanation.targets[0]
         warning = explanation.scale_warnings[0]
-        results.append(MapResult(name, saliency, chosen, session.class_name(chosen), kept, warning))
+        shown = (
+            session.class_name(chosen) if isinstance(chosen, int) else explanation.target_labels[0]
+        )
+        results.append(MapResult(name, saliency, chosen, shown, kept, warning))
     return results
 
 
@@ -192,7 +204,9 @@ def render(
         png = base.with_suffix(".png")
         npy = str(base.with_suffix(".npy")) if maps is None else maps[i]
         save_map(image, result.saliency, png, npy if maps is None else None, cmap, alpha)
-        caption = f"{result.method}: {result.target_name} ({result.target})"
+        caption = f"{result.method}: {result.target_name}"
+        if isinstance(result.target, int):
+            caption += f" ({result.target})"
         items.append((str(png), caption))
         files.extend([str(png), npy])
     return items, files
@@ -259,7 +273,10 @@ def handle_upload(
     shown = f"{original.width} x {original.height} px"
     if image is not original:
         shown += f", maps at {image.width} x {image.height}"
+    photo_size = original.size
     del original  # a large photo's pixels are freed now, not when the next one comes
+    if is_detection_session(session):
+        return _detector_upload(session, image, photo_size, Path(path), shown)
     pairs = session.top_k(image)
     preview = image.copy()
     preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # display only
@@ -283,8 +300,11 @@ def handle_explain(
     alpha: float,
     folders: ResultFolders,
     progress: Callable[[int, str], None] | None = None,
+    box: str | None = None,
 ) -> dict:
-    """Explain the loaded photo for the typed or picked class with the ticked methods.
+    """Explain the loaded photo for the typed or picked class with the ticked methods; for
+    a detection model, the detection matching ``box`` (x1,y1,x2,y2 in the photo's
+    pixels) with the typed label (empty: any), see ``box_target``.
 
     Keys: status (markdown), items (gallery: (png path, caption)), files (downloads:
     png, npy per method), done (what a new opacity redraws from; None on error).
@@ -294,22 +314,32 @@ def handle_explain(
         return {**failed, "status": _error("upload a photo first")}
     methods = [name for name in METHODS if name in (chosen or [])]
     try:
-        try:
-            index = session.class_index(text or "")
-        except ClassError as error:
-            raise WebError(str(error)) from None
+        shown = None
+        if is_detection_session(session):
+            index, shown = box_target(session, state, text, box)
+        else:
+            try:
+                index = session.class_index(text or "")
+            except ClassError as error:
+                raise WebError(str(error)) from None
         results = explain_photo(session, state["image"], index, methods, preset, progress)
+        if shown is not None:  # the box as typed, in the photo's pixels, not the input's
+            results = [replace(result, target_name=shown) for result in results]
     except WebError as error:
         return {**failed, "status": _error(str(error))}
     items, files = render(state["image"], results, alpha, folders.new(), state["stem"])
     kept = next((r.scales_kept for r in results if r.method == "cameras"), None)
     note = f"; CAMERAS scales {', '.join(map(str, kept))}" if kept else ""
     warning = next((r.warning for r in results if r.warning), None)
-    if warning:  # fewer than half of the scales counted
+    if shown is not None and not any(r.scales_kept for r in results):
+        warning = "no detection of the model matches this box (and label), so the map is empty"
+    if warning:  # fewer than half of the scales counted, or a box that nothing matches
         note += f". Warning: {warning}"
     done = {"results": results, "image": state["image"], "stem": state["stem"]}
     return {
-        "status": f"Explained **{results[0].target_name}** ({index}){note}.",
+        "status": f"Explained **{results[0].target_name}**"
+        + (f" ({index})" if isinstance(index, int) else "")
+        + f"{note}.",
         "items": items,
         "files": files,
         "done": done | {"maps": files[1::2]},
@@ -328,6 +358,155 @@ def handle_opacity(done: dict | None, alpha: float, folders: ResultFolders) -> d
     return {"items": items, "files": files}
 
 
+# ---------------------------------------------------------------------------------------
+# Detection models: a box, typed or drawn, instead of a class.
+# ---------------------------------------------------------------------------------------
+
+# Whether each session's model is a detector, found once (it may take one probe pass).
+_DETECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# How many of the model's detections the upload lists.
+DETECTIONS_SHOWN = 5
+
+
+def is_detection_session(session: Session) -> bool:
+    """Whether the session's model is a detector (``apps.detection.is_detector``), cached."""
+    if session not in _DETECTORS:
+        _DETECTORS[session] = detection.is_detector(session.model)
+    return _DETECTORS[session]
+
+
+def _to_photo(box, from_size: tuple[int, int], photo_size: tuple[int, int]) -> tuple:
+    """A box in an image of ``from_size`` (width, height) -> the same box in the photo's
+    pixels (``photo_size``, width and height): both are the whole photo, resized."""
+    sx, sy = photo_size[0] / from_size[0], photo_size[1] / from_size[1]
+    return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def _rounded(box) -> tuple:
+    return tuple(round(float(v), 1) for v in box)
+
+
+def _detector_upload(
+    session: Session, image: Image.Image, photo_size: tuple[int, int], path: Path, shown: str
+) -> dict:
+    """``handle_upload`` for a detection model: its top detections (label and box in the
+    photo's pixels) instead of a top-5, the best box filled in, its label chosen."""
+    x = session.input(image)
+    found = detection.top_detections(session.model, x, DETECTIONS_SHOWN)
+    input_size = (x.shape[3], x.shape[2])
+    listed = [
+        (label, score, _rounded(_to_photo(b, input_size, photo_size))) for label, score, b in found
+    ]
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    choices = []
+    for label, _, _ in listed:
+        choice = (
+            session.class_label(label) if session.class_names else f"class {label}",
+            str(label),
+        )
+        if choice not in choices:
+            choices.append(choice)
+    best = listed[0] if listed else None
+    state = {"image": image, "stem": path.stem, "photo_size": photo_size, "preview": preview}
+    return {
+        "state": state,
+        "preview": _with_box(preview, best[2], photo_size) if best else preview,
+        "status": f"**{path.name}**: {shown}. "
+        + ("" if listed else "The model detects nothing in it. ")
+        + "Type a box (x1,y1,x2,y2) or click two corners on the photo, then Explain.",
+        "top5": {
+            f"{name} at {detection.box_text(box)}": score
+            for (label, score, box), name in zip(listed, _names(session, listed), strict=True)
+        },
+        "choices": choices,
+        "choice": str(best[0]) if best else None,
+        "box": detection.box_text(best[2]) if best else "",
+    }
+
+
+def _names(session: Session, listed) -> list[str]:
+    return [
+        session.class_label(label) if session.class_names else f"class {label}"
+        for label, _, _ in listed
+    ]
+
+
+def _with_box(preview: Image.Image, box, photo_size: tuple[int, int]) -> Image.Image:
+    """A copy of the preview with ``box`` (photo pixels) outlined."""
+    drawn = preview.copy()
+    corners = _to_photo(box, photo_size, preview.size)
+    width = max(2, round(max(preview.size) / 300))
+    ImageDraw.Draw(drawn).rectangle(corners, outline=(255, 0, 0), width=width)
+    return drawn
+
+
+def handle_corner(state: dict | None, corner, point, box: str | None) -> dict:
+    """A click on the photo at ``point`` ((x, y) in the preview's pixels, Gradio's
+    ``SelectData.index``): the first click keeps a corner, the second makes the box of the
+    two corners (in the photo's pixels). Keys: corner (the kept corner or None), box (the
+    box text), preview (the photo with the box drawn), status."""
+    if state is None or "photo_size" not in state:
+        return {
+            "corner": None,
+            "box": box,
+            "preview": None,
+            "status": _error("upload a photo first"),
+        }
+    photo_size, preview = state["photo_size"], state["preview"]
+    x, y = _to_photo((point[0], point[1], point[0], point[1]), preview.size, photo_size)[:2]
+    x, y = min(max(x, 0.0), photo_size[0]), min(max(y, 0.0), photo_size[1])
+    if corner is None:
+        return {
+            "corner": (x, y),
+            "box": box,
+            "preview": preview,
+            "status": f"Corner {x:.0f},{y:.0f}: now click the opposite corner.",
+        }
+    drawn = _rounded((min(corner[0], x), min(corner[1], y), max(corner[0], x), max(corner[1], y)))
+    if drawn[0] == drawn[2] or drawn[1] == drawn[3]:
+        return {
+            "corner": None,
+            "box": box,
+            "preview": preview,
+            "status": _error("click two different corners"),
+        }
+    text = detection.box_text(drawn)
+    return {
+        "corner": None,
+        "box": text,
+        "preview": _with_box(preview, drawn, photo_size),
+        "status": f"Box {text}: choose a label (or none) and methods, then Explain.",
+    }
+
+
+def box_target(
+    session: Session, state: dict, label: str | None, box: str | None
+) -> tuple[Box, str]:
+    """The ``Box`` of a typed box (the photo's pixels) and label (empty: any), in the
+    pixels of the model input made from the photo, and how the page names it ("box
+    10,20,60,50 dog (18)"); WebError with a one-line reason."""
+    text = (box or "").strip()
+    if not text:
+        raise WebError("type a box as x1,y1,x2,y2 or click two corners on the photo")
+    width, height = state["photo_size"]
+    try:
+        corners = detection.parse_box(text)
+        detection.check_inside(corners, (height, width))
+    except ValueError as error:
+        raise WebError(f"box {text}: {error}") from None
+    index = None
+    if (label or "").strip():
+        try:
+            index = class_index(label, session.class_names)
+        except ClassError as error:
+            raise WebError(str(error)) from None
+    in_width, in_height = session.prep.resized_size(*state["image"].size)
+    target = Box(detection.box_in_input(corners, (height, width), (in_height, in_width)), index)
+    named = "" if index is None else f" {class_label(index, session.class_names)}"
+    return target, f"box {detection.box_text(corners)}{named}"
+
+
 def build_app(
     session: Session,
     max_bytes: int = MAX_UPLOAD_BYTES,
@@ -343,15 +522,20 @@ def build_app(
 
     # Gradio keeps a copy of every file it serves: drop those older than KEEP_SECONDS.
     expiry = (600, KEEP_SECONDS)
+    detector = is_detection_session(session)
+    asked = "type or draw a box on it" if detector else "pick a class"
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=expiry) as app:
         gr.Markdown(
             "## CAMERAS: what does the model look at?\n"
-            "Drop a photo, pick a class and one or more methods, then **Explain**. "
+            f"Drop a photo, {asked} and one or more methods, then **Explain**. "
             f"Model: `{model_name or type(session.model).__name__}`, "
             f"input shorter side {session.prep.size} px."
         )
-        page = _page_widgets(gr, session.prep.size, max_bytes, max_side)
-        _connect_handlers(gr, page, session, max_bytes, max_side, ResultFolders())
+        page = _page_widgets(gr, session.prep.size, max_bytes, max_side, detector)
+        if detector:
+            _connect_box_handlers(gr, page, session, max_bytes, max_side, ResultFolders())
+        else:
+            _connect_handlers(gr, page, session, max_bytes, max_side, ResultFolders())
     app.queue(default_concurrency_limit=1, max_size=32)
     app.cameras_max_bytes = max_bytes  # read by serve(): Gradio enforces it at upload
     return app
@@ -366,25 +550,39 @@ def _preset_choices(size: int) -> list[tuple[str, str]]:
     return choices
 
 
-def _page_widgets(gr, size: int, max_bytes: int, max_side: int) -> SimpleNamespace:
-    """The page's widgets, laid out inside the open Blocks; returned by name."""
+def _page_widgets(
+    gr, size: int, max_bytes: int, max_side: int, detector: bool = False
+) -> SimpleNamespace:
+    """The page's widgets, laid out inside the open Blocks; returned by name. A detection
+    model's page has a box field beside the class (then the detection's label, empty for
+    any), a kept corner for drawing the box by two clicks, and lists detections."""
     limits = f"up to {max_bytes / MEGABYTE:g} MB and {max_side} pixels a side"
     page = SimpleNamespace(photo=gr.State(None), computed=gr.State(None))
     with gr.Row():
         with gr.Column(scale=1):
             page.upload = gr.File(label=f"Photo ({limits})", elem_id="upload", height=150)
             page.preview = gr.Image(label="Photo", interactive=False, elem_id="preview", height=240)
-            page.top5 = gr.Label(num_top_classes=5, label="Top-5 classes", elem_id="top5")
+            listed = "Top detections" if detector else "Top-5 classes"
+            page.top5 = gr.Label(num_top_classes=5, label=listed, elem_id="top5")
         with gr.Column(scale=2):
             with gr.Row():
                 page.target = gr.Dropdown(
-                    label="Class to explain",
-                    info="one of the top-5, or type a class name or index",
+                    label="Label of the detection" if detector else "Class to explain",
+                    info="one of the detections', or a class name or index; empty: any"
+                    if detector
+                    else "one of the top-5, or type a class name or index",
                     choices=[],
                     allow_custom_value=True,
                     filterable=True,
                     elem_id="target",
                 )
+                if detector:
+                    page.corner = gr.State(None)
+                    page.box = gr.Textbox(
+                        label="Box to explain: x1,y1,x2,y2 in the photo's pixels",
+                        info="type it, or click two opposite corners on the photo",
+                        elem_id="box",
+                    )
                 page.preset = gr.Radio(
                     choices=_preset_choices(size),
                     value="default",
@@ -456,12 +654,6 @@ def _connect_handlers(gr, page, session, max_bytes, max_side, folders: ResultFol
         picture = state["image"] if state is not None else None
         return shown["status"], _gallery(gr, shown["items"], picture), shown["files"], shown["done"]
 
-    def on_opacity(done, opacity):
-        shown = handle_opacity(done, opacity, folders)
-        if shown is None:
-            return gr.Gallery(), None
-        return _gallery(gr, shown["items"], done["image"]), shown["files"]
-
     # Upload and explain both run the model: one shared slot, others wait in the queue.
     page.upload.upload(
         on_upload,
@@ -478,6 +670,18 @@ def _connect_handlers(gr, page, session, max_bytes, max_side, folders: ResultFol
         concurrency_limit=1,
         concurrency_id="model",
     )
+    _connect_opacity(gr, page, folders)
+
+
+def _connect_opacity(gr, page, folders: ResultFolders) -> None:
+    """Redraw the overlays at a new opacity (no model work, its own queue slot)."""
+
+    def on_opacity(done, opacity):
+        shown = handle_opacity(done, opacity, folders)
+        if shown is None:
+            return gr.Gallery(), None
+        return _gallery(gr, shown["items"], done["image"]), shown["files"]
+
     # While the slider is dragged, only the latest value is drawn once the last one is done.
     page.alpha.change(
         on_opacity,
@@ -486,6 +690,60 @@ def _connect_handlers(gr, page, session, max_bytes, max_side, folders: ResultFol
         trigger_mode="always_last",
         show_progress="minimal",
     )
+
+
+def _connect_box_handlers(gr, page, session, max_bytes, max_side, folders) -> None:
+    """A detection model's page: upload (top detections), clicks on the photo
+    (``handle_corner``), explain with the box, and the opacity as for classes."""
+
+    def on_upload_box(file):
+        shown = handle_upload(session, file, max_bytes, max_side)
+        dropdown = gr.Dropdown(choices=shown["choices"], value=shown["choice"])
+        state = (shown["state"], shown["preview"], shown["status"], shown["top5"], dropdown)
+        return (None, *state, shown.get("box", ""), None, [], None, None)
+
+    def on_corner(state, corner, box, event: gr.SelectData):
+        shown = handle_corner(state, corner, event.index, box)
+        picture = shown["preview"] if shown["preview"] is not None else gr.Image()
+        return shown["corner"], shown["box"], picture, shown["status"]
+
+    # Gradio passes the click to the parameter typed gr.SelectData; gradio is imported in
+    # this function, so the postponed annotation could not be resolved: set the class.
+    on_corner.__annotations__["event"] = gr.SelectData
+
+    def on_explain_box(state, text, box, chosen, quality, opacity, progress=gr.Progress()):  # noqa: B008
+        count = len(chosen or [])
+
+        def step(i: int, name: str) -> None:
+            progress((i, count), desc=f"{name} ({i + 1} of {count})")
+
+        shown = handle_explain(
+            session, state, text, chosen, quality, opacity, folders, step, box=box
+        )
+        picture = state["image"] if state is not None else None
+        return shown["status"], _gallery(gr, shown["items"], picture), shown["files"], shown["done"]
+
+    page.upload.upload(
+        on_upload_box,
+        inputs=page.upload,
+        outputs=[page.upload, page.photo, page.preview, page.status, page.top5, page.target]
+        + [page.box, page.corner, page.gallery, page.downloads, page.computed],
+        concurrency_limit=1,
+        concurrency_id="model",
+    )
+    page.preview.select(
+        on_corner,
+        inputs=[page.photo, page.corner, page.box],
+        outputs=[page.corner, page.box, page.preview, page.status],
+    )
+    page.button.click(
+        on_explain_box,
+        inputs=[page.photo, page.target, page.box, page.methods, page.preset, page.alpha],
+        outputs=[page.status, page.gallery, page.downloads, page.computed],
+        concurrency_limit=1,
+        concurrency_id="model",
+    )
+    _connect_opacity(gr, page, folders)
 
 
 def theme():

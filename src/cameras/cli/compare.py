@@ -3,7 +3,9 @@
 Rows are (model, class) pairs, columns are methods. With exactly two classes each model
 gets a third row: the difference of the two maps, per method, which shows where the
 model tells the classes apart. With several models and no --classes, each model explains
-its own top-1 class.
+its own top-1 class. ``--box`` (a detection) or ``--mask`` with ``--class`` (a region of
+a segmentation) explain one target instead (``cli.targets``); a ``+`` in ``--classes``
+joins classes into one multi-label row (``3+7``: the sum of their scores).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..apps.detection import box_text
 from ..apps.viz import Panel, comparison_figure, difference_map, save_figure
+from ..core.classes import ClassError, class_label
 from ..core.images import ImageError, load_image
+from ..core.targets import Classes
 from ..methods import METHODS
 from ..models import DEFAULT_MODEL
 from ..run.outputs import write_failure
@@ -25,11 +30,19 @@ from .common import (
     check_writable_folder,
     method_of,
     open_session,
-    parse_classes,
+    parse_class,
     parse_methods,
     progress_bar,
     split_names,
     usage_error,
+)
+from .targets import (
+    TargetRequest,
+    add_target_arguments,
+    parse_box,
+    parse_class_set,
+    parse_target,
+    target_of_photo,
 )
 
 # Formats the figure can be written in (matplotlib's Agg canvas; PNG through Pillow).
@@ -53,9 +66,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--classes",
-        help='comma-separated class indices or names, e.g. 243,281 or "tabby,Egyptian cat" '
-        "(default: each model's top-1)",
+        help='comma-separated class indices or names, one row each, e.g. 243,281 or "tabby,'
+        "Egyptian cat\"; 3+7 is one multi-label row (default: each model's top-1)",
     )
+    add_target_arguments(parser, class_option=True, class_set=False)
     parser.add_argument(
         "--models",
         default=DEFAULT_MODEL,
@@ -136,26 +150,84 @@ def _open_sessions(args, names: list[str], methods: list[str]) -> list[tuple[str
     return opened
 
 
-def _rows_of(name: str, session: Session, results: list, prefix: str) -> list[list[Panel]]:
-    """One row per class explained (a panel per method); with two classes, a third row of
-    differences. Prints each class's probability (and CAMERAS's kept scales) to stderr."""
+def _row_targets(args, session: Session, photo_size, input_size) -> list | None:
+    """What each row of one model explains: the --box / --mask / --class target (one row),
+    the --classes rows (a class, or a multi-label set for "a+b"), or None (the top-1)."""
+    if args.classes is not None:
+        if args.box is not None or args.mask is not None or args.target is not None:
+            raise usage_error("--classes: one row per class; not with --box, --mask or --class")
+        parts = split_names(args.classes)
+        if not parts:
+            raise usage_error("--classes: give at least one class")
+        rows = [
+            Classes(parse_class_set("--classes", part, session))
+            if "+" in part
+            else parse_class("--classes", part, session)
+            for part in parts
+        ]
+        if len({r if isinstance(r, int) else tuple(r.classes) for r in rows}) != len(rows):
+            raise usage_error(f"--classes {args.classes}: a class is listed twice")
+        return rows
+    request = parse_target(args, session)
+    if isinstance(request, TargetRequest):
+        return [target_of_photo(request, photo_size, input_size)]
+    return None if request is None else [request]
+
+
+def _short_name(session: Session, result, i: int) -> str:
+    target = result.targets[i]
+    if isinstance(target, int):
+        return session.class_name(target)
+    return target.label(i, session.class_names)
+
+
+def _row_measure(result, i: int, digits: int) -> str:
+    """ "p=0.62" for a class of a classifier, else the target's score at the first scale."""
+    target = result.targets[i]
+    if isinstance(target, int) and result.probabilities is not None:
+        return f"p={float(result.probabilities[i, target]):.{digits}f}"
+    score = result.scales[i][0].score
+    return "score=?" if score is None else f"score={score:.{digits}f}"
+
+
+def _labels(args, session: Session, result) -> list[str]:
+    """The rows' labels: ``Explanation.target_labels``, except that a box is shown as the
+    user typed it, in the photo's pixels (the target holds it in the input's)."""
+    labels = list(result.target_labels)
+    if args.box is not None:
+        index = getattr(result.targets[0], "index", None)
+        named = "" if index is None else f" {class_label(index, session.class_names)}"
+        labels[0] = f"box {box_text(parse_box(args.box))}{named}"
+    return labels
+
+
+def _rows_of(
+    name: str, session: Session, results: list, prefix: str, labels: list[str]
+) -> list[list[Panel]]:
+    """One row per target explained (a panel per method); with two targets, a third row of
+    differences. Prints each target's probability or score (and CAMERAS's kept scales)."""
     rows = []
-    used = results[0].targets
-    for i, target in enumerate(used):
-        label = session.class_label(target)
-        probability = float(results[0].probabilities[i, target])
-        rows.append(
-            [Panel(r.maps[i], f"{prefix}{r.method}\n{label} p={probability:.2f}") for r in results]
-        )
-        line = f"{name}: {label} p={probability:.3f}"
+    first = results[0]
+    for i, label in enumerate(labels):
+        title = f"{label} {_row_measure(first, i, 2)}"
+        rows.append([Panel(r.maps[i], f"{prefix}{r.method}\n{title}") for r in results])
+        line = f"{name}: {label} {_row_measure(first, i, 3)}"
         for result in results:
             if result.method == "cameras":
                 line += f", cameras scales kept {[s.scale for s in result.scales[i] if s.kept]}"
                 if result.scale_warnings[i]:
                     line += f"\n  warning: {result.scale_warnings[i]}"
+        absent = [
+            r.method
+            for r in results
+            if not isinstance(r.targets[i], int) and not any(s.kept for s in r.scales[i])
+        ]
+        if absent:
+            line += f"\n  warning: {', '.join(absent)}: the target is absent at every scale "
+            line += "(no detection matches the box, or the class does not hold the region)"
         print(line, file=sys.stderr)
-    if len(used) == 2:
-        a, b = (session.class_name(t) for t in used)
+    if len(first.targets) == 2:
+        a, b = (_short_name(session, first, i) for i in range(2))
         rows.append(
             [
                 Panel(
@@ -169,6 +241,15 @@ def _rows_of(name: str, session: Session, results: list, prefix: str) -> list[li
     return rows
 
 
+def _explain(session: Session, x, method: str, wanted: list | None):
+    """The session's map; a class the model's output does not have (a detector's or a
+    segmenter's, known only once it has run) is a usage error naming --class."""
+    try:
+        return session.explain(x, method, targets=wanted)
+    except ClassError as error:
+        raise usage_error(f"--class: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out is None:
         args.out = Path("cameras-out") / f"{args.image.stem}_compare.png"
@@ -179,30 +260,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     opened = _open_sessions(args, model_names, method_names)
-    targets = [parse_classes("--classes", args.classes, session) for _, session in opened]
+    photo_size = (image.height, image.width)
+    inputs = [session.input(image) for _, session in opened]
+    targets = [
+        _row_targets(args, session, photo_size, tuple(x.shape[-2:]))
+        for (_, session), x in zip(opened, inputs, strict=True)
+    ]
     several = len(opened) > 1
 
     steps = [(k, name) for k in range(len(opened)) for name in method_names]
     progress = progress_bar(steps, desc="compare", unit="map", disable=len(steps) < 2)
-    inputs: dict[int, object] = {}
+    batches: dict[int, object] = {}
     by_model: dict[int, list] = {k: [] for k in range(len(opened))}
     for k, method in progress:
         (name, session), wanted = opened[k], targets[k]
         progress.set_postfix_str(f"{name} {method}")
-        if k not in inputs:
-            x = session.input(image)
-            # One image per class: every method explains all classes in one batched call.
-            inputs[k] = x if wanted is None else x.repeat(len(wanted), 1, 1, 1)
-        by_model[k].append(session.explain(inputs[k], method, wanted))
+        if k not in batches:
+            # One image per row: every method explains all rows in one batched call.
+            x = inputs[k]
+            batches[k] = x if wanted is None else x.repeat(len(wanted), 1, 1, 1)
+        by_model[k].append(_explain(session, batches[k], method, wanted))
     progress.close()
 
     rows: list[list[Panel]] = []
     for k, (name, session) in enumerate(opened):
-        rows.extend(_rows_of(name, session, by_model[k], f"{name} \u00b7 " if several else ""))
+        prefix = f"{name} \u00b7 " if several else ""
+        labels = _labels(args, session, by_model[k][0])
+        rows.extend(_rows_of(name, session, by_model[k], prefix, labels))
 
     diff_labels = None
-    if targets[0] is not None and len(targets[0]) == 2 and opened[0][1].class_names:
-        diff_labels = tuple(opened[0][1].class_name(t) for t in targets[0])
+    if len(by_model[0][0].targets) == 2 and opened[0][1].class_names:
+        diff_labels = tuple(_short_name(opened[0][1], by_model[0][0], i) for i in range(2))
     figure = comparison_figure(
         image,
         rows,

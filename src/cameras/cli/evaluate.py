@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     session = open_session(args)
     annotations, records = _read_records(args, session)
     evaluator = _evaluator(session, settings)
+    settings = _detector_metrics(args, settings, evaluator)
     store = ResultStore(args.out)
     identity = settings_record(
         settings, data=str(Path(args.data).resolve()), model=args.model, weights=_path(args)
@@ -208,6 +209,27 @@ def _evaluator(session, settings: EvalSettings) -> Evaluator:
         return Evaluator(session, settings=replace(settings, layer=session.layer))
     except ValueError as error:
         raise usage_error(str(error)) from None
+
+
+# What a detection model is scored by: per annotated box, the map against that box; the
+# other metrics read class scores, which a detector does not have.
+BOX_METRICS = ("pointing", "energy")
+
+
+def _detector_metrics(args: argparse.Namespace, settings: EvalSettings, evaluator) -> EvalSettings:
+    """The settings for a detector (``Evaluator.detector``): pointing and energy per box; a
+    usage error when --metrics names another one."""
+    if not evaluator.detector:
+        return settings
+    other = [m for m in settings.metrics if m not in BOX_METRICS]
+    if other and list(args.metrics) != list(METRICS):  # named by the user, not the default
+        raise usage_error(
+            f"--metrics {','.join(other)}: a detection model is scored per box with "
+            f"{' and '.join(BOX_METRICS)} only"
+        )
+    kept = tuple(m for m in settings.metrics if m in BOX_METRICS)
+    evaluator.settings = replace(evaluator.settings, metrics=kept)
+    return replace(settings, metrics=kept)
 
 
 def _summarise(args: argparse.Namespace, store: ResultStore, settings, failures: int) -> int:

@@ -16,8 +16,10 @@ from torch import nn
 
 from ...core.capture import model_device
 from ...core.images import resize_map
+from ...core.targets import Box
 from ...methods import check_method_names
 from ...session import Session
+from ..detection import box_in_input, is_detector
 from ..metrics import (
     deletion,
     energy_pointing_game,
@@ -26,7 +28,7 @@ from ..metrics import (
     pointing_game,
 )
 from ..metrics.insertion import DEFAULT_STEPS
-from ..metrics.pointing import DEFAULT_TOLERANCE
+from ..metrics.pointing import DEFAULT_TOLERANCE, pointing_hit
 from .loading import Item
 
 METRICS = ("pointing", "energy", "rho_plus", "rho_minus", "insertion", "deletion")
@@ -95,6 +97,11 @@ class Evaluator:
     method) with the columns of ``RESULT_FIELDS`` plus ``insertion_curve`` and
     ``deletion_curve`` (lists of steps + 1 probabilities) when those metrics are on.
     Metrics not asked for are None.
+
+    A detector (``apps.detection.is_detector``) is scored per annotated box instead: each
+    box is explained as ``Box(box, its label)`` and gets its own rows, with the pointing
+    game (a hit when the map's maximum is within the tolerance of that box) and the energy
+    inside it; the other metrics, top1 and probability need class scores and are None.
     """
 
     def __init__(
@@ -115,20 +122,29 @@ class Evaluator:
         # One layer for every method, found once, so all explain the same features.
         self.layer = source.layer
         self.methods = {name: source.method(name) for name in self.settings.methods}
+        self.detector = is_detector(source.model)
 
     def __call__(self, items: Sequence[Item]) -> list[dict]:
-        units = [
-            (item, index) for item in items if item.x is not None for index in item.record.objects
-        ]
+        usable = [item for item in items if item.x is not None]
+        if self.detector:  # one unit per annotated box, explained as that box
+            units = [
+                (item, index, box)
+                for item in usable
+                for index, boxes in item.record.objects.items()
+                for box in boxes
+            ]
+        else:
+            units = [(item, index) for item in usable for index in item.record.objects]
+        score = self._score_boxes if self.detector else self._score
         groups: dict[tuple[int, ...], list[int]] = {}
-        for u, (item, _) in enumerate(units):
-            groups.setdefault(tuple(item.x.shape), []).append(u)
+        for u, unit in enumerate(units):
+            groups.setdefault(tuple(unit[0].x.shape), []).append(u)
         rows: dict[int, list[dict]] = {}
         size = self.settings.batch_size
         for members in groups.values():
             for first in range(0, len(members), size):
                 part = members[first : first + size]
-                scored = self._score([units[u] for u in part])
+                scored = score([units[u] for u in part])
                 rows.update(zip(part, scored, strict=True))
         # Rows in input order (item, then class, then method), whatever the grouping.
         return [row for u in range(len(units)) for row in rows[u]]
@@ -195,5 +211,38 @@ class Evaluator:
                     row[metric] = scores[metric][j] if metric in scores else None
                 for kind, values in curves.items():
                     row[f"{kind}_curve"] = values[j].tolist()
+                out[j].append(row)
+        return out
+
+    def _score_boxes(self, units: list[tuple[Item, int, tuple]]) -> list[list[dict]]:
+        """Rows for same-size (item, label, box) units of a detector: pointing and energy
+        against that one box, on the map at the image's own size."""
+        wanted = set(self.settings.metrics)
+        x = torch.stack([item.x for item, _, _ in units]).to(model_device(self.model))
+        input_size = tuple(x.shape[2:])
+        targets = [  # image_size is (width, height); box_in_input takes (height, width)
+            Box(box_in_input(box, item.image_size[::-1], input_size), index)
+            for item, index, box in units
+        ]
+        out: list[list[dict]] = [[] for _ in units]
+        for name, method in self.methods.items():
+            started = time.perf_counter()
+            explanation = method(x, targets=targets)
+            seconds = (time.perf_counter() - started) / len(units)
+            for j, (item, index, box) in enumerate(units):
+                full = resize_map(explanation.maps[j], item.image_size[1], item.image_size[0])
+                row = dict.fromkeys(RESULT_FIELDS)
+                row.update(
+                    record=item.record.key,
+                    file=str(item.record.file),
+                    class_index=index,
+                    class_name=self.classes[index] if self.classes else "",
+                    method=name,
+                    seconds=seconds,
+                )
+                if "pointing" in wanted:
+                    row["pointing"] = float(pointing_hit(full, [box], self.settings.tolerance))
+                if "energy" in wanted:
+                    row["energy"] = float(energy_pointing_game([full], [[box]])[0])
                 out[j].append(row)
         return out
