@@ -10,8 +10,8 @@ api: EfficientNet-Lite0 (the default model), CAMERAS at its default scales, four
      (``cameras.run.batching.CPU_BATCH_SIZE``).
 cli: ``cameras explain FOLDER`` on 12 photos of mixed sizes (the seven bundled photos and
      five resized copies), with the code in --old-src (the defaults before look-ahead
-     batching) and with this checkout's defaults, alternating; images/s over the whole
-     command (start-up included) and the time of the command.
+     batching), with this checkout's defaults, and with this checkout at --batch-size 4,
+     alternating; images/s over the whole command (start-up included).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def mixed_folder(folder: Path) -> list[Path]:
     for name, photo in photos.items():
         paths.append(folder / f"{name}.png")
         photo.convert("RGB").save(paths[-1])
-    for name, size in zip(photos, [(451, 300), (451, 300), (300, 451), (640, 427), (451, 300)]):
+    resized = [(451, 300), (451, 300), (300, 451), (640, 427), (451, 300)]
+    for name, size in zip(list(photos)[:5], resized, strict=True):
         paths.append(folder / f"{name}_{size[0]}x{size[1]}.png")
         photos[name].convert("RGB").resize(size).save(paths[-1])
     return paths[:12]
@@ -70,13 +71,18 @@ def measure_cli(rounds: int, old_src: str) -> None:
         folder = Path(work) / "photos"
         folder.mkdir()
         count = len(mixed_folder(folder))
-        runs = {"old default": old_src, "new default": str(ROOT / "src")}
+        new = str(ROOT / "src")
+        runs = {
+            "old default": (old_src, []),
+            "new default": (new, []),
+            "new, --batch-size 4": (new, ["--batch-size", "4"]),
+        }
         best = {name: float("inf") for name in runs}
         for round_number in range(rounds):
-            for name, source in runs.items():
-                out = Path(work) / f"out-{round_number}-{name.replace(' ', '-')}"
+            for number, (name, (source, options)) in enumerate(runs.items()):
+                out = Path(work) / f"out-{round_number}-{number}"
                 command = [sys.executable, "-m", "cameras", "explain", str(folder)]
-                command += ["--out", str(out)]
+                command += ["--out", str(out), *options]
                 environment = {**os.environ, "PYTHONPATH": source}
                 started = time.perf_counter()
                 subprocess.run(command, env=environment, check=True, capture_output=True)

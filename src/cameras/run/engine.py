@@ -3,10 +3,12 @@
 - **load** ``task -> item``: read, decode and preprocess one input; never raises for bad
   data (the item carries the error instead). Runs in worker processes.
 - **compute** ``items -> results``: the model. Items whose preprocessed size is equal are
-  stacked into batches of up to ``batch_size``; results come back in item order. A pure
-  function of its items: no files, nothing kept between calls.
-- **write** ``result -> files``: only the driver writes, one result at a time, in input
-  order.
+  gathered from a bounded look-ahead (``look_ahead_batches``) and stacked into batches of
+  up to ``batch_size``; results are handed on in input order (``in_input_order``). A
+  pure function of its items: no files, nothing kept between calls. A batch that runs
+  out of device memory is split (``OutOfMemorySplitter``).
+- **write** ``result -> files``: the driver claims each result's files in input order;
+  drawing and writing them may run elsewhere (``run.writing``), reports come in order.
 
 ``stream_local`` drives load and compute in this process, with loading in ``DataLoader``
 worker processes, and ``BackgroundWriter`` runs write in a thread while the model
