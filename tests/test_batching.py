@@ -16,9 +16,11 @@ from PIL import Image
 from cameras.cli import main
 from cameras.run.batching import (
     CPU_BATCH_SIZE,
+    EVALUATE_CPU_BATCH_SIZE,
     MAX_AUTO_BATCH,
     auto_batch_size,
     batch_size_for,
+    evaluate_batch_size,
     image_call_bytes,
 )
 from cameras.run.engine import look_ahead_batches, stream_local
@@ -120,6 +122,8 @@ def test_the_per_image_cost_counts_every_scale_and_the_cpu_keeps_its_size():
     two = image_call_bytes(cameras.CAMERAS(model, scales=[48, 96]), x)
     assert 0 < one < two
     assert auto_batch_size(cameras.CAMERAS(model), x) == CPU_BATCH_SIZE
+    # evaluate's batch also sizes its metrics' passes: off a GPU it keeps its 16.
+    assert evaluate_batch_size(cameras.CAMERAS(model), 32) == EVALUATE_CPU_BATCH_SIZE == 16
 
 
 # ----------------------------------------------------------------- --input-size

@@ -116,7 +116,8 @@ class RecordScorer:
 
     def __init__(self, evaluator) -> None:
         self.evaluator = evaluator
-        self.fitting = OutOfMemorySplitter(self._score, _unscored, "try a smaller --batch-size")
+        hint = "try a smaller --batch-size (the metrics' passes) or fewer or smaller --scales"
+        self.fitting = OutOfMemorySplitter(self._score, _unscored, hint)
 
     def __call__(self, items: Sequence) -> list[tuple[object, list[dict]]]:
         usable = [item for item in items if item.x is not None]
