@@ -360,7 +360,7 @@ def check_scale_out(args: argparse.Namespace) -> str | None:
     """Check --ray / --workers / --batch-size; returns the Ray address or None (no Ray).
 
     Without Ray installed, --ray is a usage error that says how to install it."""
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:  # None: --batch-size auto
         raise usage_error(f"--batch-size {args.batch_size}: must be at least 1")
     if args.ray is None:
         if args.workers is None:
@@ -394,3 +394,14 @@ def raise_ray_failure(error: RuntimeError):
     if isinstance(error, RayJobError):
         raise usage_error(str(error)) from None
     raise error
+
+
+def batch_size_value(text: str) -> int | None:
+    """--batch-size's value: a whole number >= 1, or "auto" (None: the device chooses,
+    ``run.batching``)."""
+    from ..run.batching import parse_batch_size
+
+    try:
+        return parse_batch_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -29,12 +29,14 @@ from ..apps.evaluation import (
 )
 from ..apps.metrics.insertion import DEFAULT_STEPS
 from ..core.files import write_atomically
+from ..run.batching import EVALUATE_CPU_BATCH_SIZE, evaluate_batch_size
 from ..run.jobs import evaluate_local, save_records, unique_records
 from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
     add_out_argument,
     add_scale_out_arguments,
+    batch_size_value,
     check_scale_out,
     check_writable_folder,
     note,
@@ -100,7 +102,13 @@ def add_parser(subparsers) -> None:
         help="deletion's replacement colour: the normalisation mean (default) or black",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=16, help="images per forward pass (default: 16)"
+        "--batch-size",
+        type=batch_size_value,
+        default=None,
+        metavar="N|auto",
+        help="images of one model-input size per forward pass, gathered from a look-ahead "
+        "of a few batches, and masked images per metric pass (default: auto: 16 off a GPU; "
+        "on a GPU as many as its free memory holds, up to 32)",
     )
     parser.add_argument(
         "--limit", type=int, help="evaluate only the first N records (default: all)"
@@ -124,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     settings = _check_arguments(args)
     session = open_session(args)
+    if args.batch_size is None:  # auto: the session's device chooses
+        args.batch_size = _auto_batch_size(session, settings, ray_address is not None)
+        settings = replace(settings, batch_size=args.batch_size)
     annotations, records = _read_records(args, session)
     evaluator = _evaluator(session, settings)
     settings = _detector_metrics(args, settings, evaluator)
@@ -177,13 +188,21 @@ def _check_arguments(args: argparse.Namespace) -> EvalSettings:
             metrics=tuple(args.metrics),
             steps=args.steps,
             tolerance=args.tolerance,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or EVALUATE_CPU_BATCH_SIZE,  # auto: chosen later
             scales=tuple(args.scales) if args.scales else None,
             layer=args.layer,
             fill=args.fill,
         )
     except ValueError as error:
         raise usage_error(str(error)) from None
+
+
+def _auto_batch_size(session, settings: EvalSettings, on_ray: bool) -> int:
+    """``--batch-size auto``: by the session's device (``run.batching``); with Ray the
+    actors' devices are not known here, so the CPU's size."""
+    if on_ray:
+        return EVALUATE_CPU_BATCH_SIZE
+    return evaluate_batch_size(session.method(settings.methods[0]), session.prep.size)
 
 
 def _read_records(args: argparse.Namespace, session) -> tuple:

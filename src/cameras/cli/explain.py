@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..run.jobs import explain_local, save_explanations
+from ..run.letterbox import Letterbox
 from ..run.outputs import ImageWriter, image_tasks
 from . import SUBCOMMANDS
 from .common import (
     add_model_arguments,
     add_out_argument,
     add_scale_out_arguments,
+    batch_size_value,
     check_cmap,
     check_output_folder,
     check_scale_out,
@@ -49,8 +51,29 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     add_run_control_arguments(parser)
     add_model_arguments(parser)
-    add_scale_out_arguments(parser, batch_size=1, workers_help="image-decoding processes")
+    add_batching_arguments(parser)
+    add_scale_out_arguments(parser, batch_size=None, workers_help="image-decoding processes")
     parser.set_defaults(run=run)
+
+
+def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size_value,
+        default=None,
+        metavar="N|auto",
+        help="images of one model-input size per forward pass, gathered from a look-ahead "
+        "of a few batches (default: auto: 1 on the CPU, where batching measured slower; "
+        "on a GPU as many as its free memory holds, up to 32; 1 with --ray)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        metavar="N",
+        help="letterbox every photo into an N x N input (aspect kept, padded with the mean "
+        "colour) so photos of any size batch; each map is cropped back to its photo "
+        "(default: each photo at its own aspect, shorter side the model's size)",
+    )
 
 
 def add_run_control_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +100,11 @@ def run_identity(args: argparse.Namespace, method, target: int | None) -> str:
     scales = ",".join(map(str, args.scales)) if args.scales else "default"
     weights = f" weights={args.weights}" if args.weights else ""
     chosen = "top-1" if target is None else target
+    # Only when given, so the files of a run without it still match for --resume.
+    letterbox = f" input-size={args.input_size}" if args.input_size is not None else ""
     return (
         f"model={args.model}{weights} layer={method.layer_name} method={method.name} "
-        f"scales={scales} rule={args.rule or 'default'} class={chosen}"
+        f"scales={scales} rule={args.rule or 'default'} class={chosen}{letterbox}"
     )
 
 
@@ -102,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     check_cmap("--cmap", args.cmap)
     check_output_folder(args.out, args.paths)
     ray_address = check_scale_out(args)
+    if args.input_size is not None and args.input_size < 1:
+        raise usage_error(f"--input-size {args.input_size}: must be at least 1")
     actor_device = args.device
     if ray_address is not None:
         args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
@@ -114,14 +141,16 @@ def run(args: argparse.Namespace) -> int:
     tasks = image_tasks(images, writer.clashes)
     if args.resume:
         tasks = pending_tasks(tasks, writer)
+    prep = session.prep if args.input_size is None else Letterbox(session.prep, args.input_size)
     if ray_address is not None:
         from ..run.ray import ExplainJob, explain_ray
 
         spec = session.spec.for_workers(actor_device, session.layer)
         job = ExplainJob(spec, args.method, target, args.cmap, args.alpha)
-        stream = explain_ray(tasks, job, session.prep, ray_address, args.workers, args.batch_size)
+        batch_size = args.batch_size or 1  # auto: the actors' devices are not known here
+        stream = explain_ray(tasks, job, prep, ray_address, args.workers, batch_size)
     else:
-        stream = explain_local(tasks, method, session.prep, target, args.workers, args.batch_size)
+        stream = explain_local(tasks, method, prep, target, args.workers, args.batch_size)
     progress = progress_bar(total=len(tasks), desc="explain", unit="image", disable=len(tasks) < 2)
 
     def report(result, png, error) -> None:

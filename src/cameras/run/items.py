@@ -22,12 +22,15 @@ class ImageTask:
 @dataclass
 class DecodedImage:
     """A loaded input. x: (3, h, w) model input; pixels: (H, W, 3) uint8, the image at
-    its own size (for the overlay); both None when ``error`` says why it was skipped."""
+    its own size (for the overlay); both None when ``error`` says why it was skipped.
+    region: (top, left, height, width) of the photo in ``x`` when it was letterboxed
+    (``run.letterbox``); None when ``x`` is the photo alone."""
 
     task: ImageTask
     x: torch.Tensor | None
     pixels: np.ndarray | None
     error: str | None = None
+    region: tuple[int, int, int, int] | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,18 @@ from ..core.budget import MemoryBudgetError
 from ..core.images import ImageError, load_image
 from ..methods import SaliencyMethod
 from ..session import top_classes
-from .engine import BackgroundWriter, same_size_batches, stream_local, worker_name
-from .items import DecodedImage, Explained, ImageResult, ImageTask, RenderedFiles, Scored
+from .batching import auto_batch_size
+from .engine import (
+    BackgroundWriter,
+    OutOfMemorySplitter,
+    same_size_batches,
+    stream_local,
+    worker_name,
+)
+from .items import DecodedImage, Explained, ImageResult, ImageTask, Scored
+from .letterbox import Letterbox, photo_region
 from .outputs import ImageWriter
-from .render import RenderProcess, render_outputs
+from .writing import ExplanationWriter
 
 
 def decode_image(task: ImageTask, prep: Callable[[Image.Image], torch.Tensor]) -> DecodedImage:
@@ -28,7 +37,8 @@ def decode_image(task: ImageTask, prep: Callable[[Image.Image], torch.Tensor]) -
         image = load_image(task.path)
     except ImageError as error:
         return DecodedImage(task, None, None, str(error))
-    return DecodedImage(task, prep(image), np.asarray(image, dtype=np.uint8))
+    region = prep.region(*image.size) if isinstance(prep, Letterbox) else None
+    return DecodedImage(task, prep(image), np.asarray(image, dtype=np.uint8), region=region)
 
 
 class ImageExplainer:
@@ -38,7 +48,8 @@ class ImageExplainer:
     index for every image, or None for each image's top-1. Maps are computed for
     same-size images together (batches of up to ``batch_size``) and kept at the model
     input's size (``render_outputs`` resizes them); results are in item order, error
-    items passed through; an image over the memory budget is an error item.
+    items passed through. An image over the memory budget is an error item; a batch
+    that runs out of device memory is split and retried (``OutOfMemorySplitter``).
     """
 
     def __init__(self, method: SaliencyMethod, target: int | None, batch_size: int = 1) -> None:
@@ -47,6 +58,7 @@ class ImageExplainer:
         self.method = method
         self.target = target
         self.batch_size = batch_size
+        self.fitting = OutOfMemorySplitter(self._explain, _failed, OUT_OF_MEMORY_HINT)
 
     def __call__(self, items: Sequence[DecodedImage]) -> list[ImageResult]:
         results: list[ImageResult | None] = [None] * len(items)
@@ -54,51 +66,74 @@ class ImageExplainer:
         for p, item in enumerate(items):
             if item.error is not None:
                 results[p] = ImageResult(item.task, None, error=item.error)
-        me = worker_name()
         sizes = [tuple(items[p].x.shape) for p in good]
         for batch in same_size_batches(sizes, self.batch_size):
             members = [items[good[b]] for b in batch]
-            # torch.as_tensor: a Keras model's inputs and results are NumPy arrays.
-            x = torch.stack([torch.as_tensor(item.x) for item in members])
-            try:
-                explained = self.method(x, targets=self.target)
-            except MemoryBudgetError as error:  # over the budget: these images fail, not all
-                for b in batch:
-                    task = items[good[b]].task
-                    results[good[b]] = ImageResult(task, None, error=f"{task.path}: {error}")
-                continue
-            maps = torch.as_tensor(explained.maps)
-            for j, item in enumerate(members):
-                results[good[batch[j]]] = ImageResult(
-                    task=item.task,
-                    saliency=maps[j].float().cpu().numpy(),
-                    target=explained.targets[j],
-                    kept=[s.scale for s in explained.scales[j] if s.kept],
-                    top5=top_classes(explained.probabilities[j], 5),
-                    pixels=item.pixels,
-                    worker=me,
-                    warning=explained.scale_warnings[j],
-                )
+            for b, result in zip(batch, self.fitting(members), strict=True):
+                results[good[b]] = result
         return results  # type: ignore[return-value]
+
+    def _explain(self, members: list[DecodedImage]) -> list[ImageResult]:
+        """One same-size batch through the model (may raise torch.OutOfMemoryError)."""
+        # torch.as_tensor: a Keras model's inputs and results are NumPy arrays.
+        x = torch.stack([torch.as_tensor(item.x) for item in members])
+        try:
+            explained = self.method(x, targets=self.target)
+        except MemoryBudgetError as error:  # over the budget: these images fail, not all
+            return [_failed(item, str(error)) for item in members]
+        maps = torch.as_tensor(explained.maps)
+        me = worker_name()
+        return [
+            ImageResult(
+                task=item.task,
+                saliency=photo_region(maps[j].float().cpu(), item.region),
+                target=explained.targets[j],
+                kept=[s.scale for s in explained.scales[j] if s.kept],
+                top5=top_classes(explained.probabilities[j], 5),
+                pixels=item.pixels,
+                worker=me,
+                warning=explained.scale_warnings[j],
+            )
+            for j, item in enumerate(members)
+        ]
+
+
+# What to try when one image alone does not fit in the device's memory.
+OUT_OF_MEMORY_HINT = "try fewer or smaller --scales, or a smaller --input-size"
+
+
+def _failed(item: DecodedImage, message: str) -> ImageResult:
+    return ImageResult(item.task, None, error=f"{item.task.path}: {message}")
 
 
 class RecordScorer:
     """Compute for evaluate: items -> [(item, rows)], one pair per item in item order.
 
     evaluator: an ``evaluation.Evaluator`` (it batches same-size items itself); an item
-    that could not be loaded gets no rows (its ``error`` says why).
+    that could not be loaded gets no rows (its ``error`` says why). A batch that runs
+    out of device memory is split and retried (``OutOfMemorySplitter``).
     """
 
     def __init__(self, evaluator) -> None:
         self.evaluator = evaluator
+        hint = "try a smaller --batch-size (the metrics' passes) or fewer or smaller --scales"
+        self.fitting = OutOfMemorySplitter(self._score, _unscored, hint)
 
     def __call__(self, items: Sequence) -> list[tuple[object, list[dict]]]:
         usable = [item for item in items if item.x is not None]
-        rows = self.evaluator(usable) if usable else []
+        scored = dict(zip(map(id, usable), self.fitting(usable), strict=True))
+        return [scored.get(id(item), (item, [])) for item in items]
+
+    def _score(self, items: list) -> list[tuple[object, list[dict]]]:
         by_record: dict[str, list[dict]] = {}
-        for row in rows:
+        for row in self.evaluator(items):
             by_record.setdefault(row["record"], []).append(row)
         return [(item, by_record.get(item.record.key, [])) for item in items]
+
+
+def _unscored(item, message: str) -> tuple[object, list[dict]]:
+    """A record that does not fit in the device's memory even alone: skipped, saying so."""
+    return replace(item, x=None, error=f"{item.record.file}: {message}"), []
 
 
 def explain_local(
@@ -107,16 +142,23 @@ def explain_local(
     prep: Callable[[Image.Image], torch.Tensor],
     target: int | None = None,
     workers: int = 2,
-    batch_size: int = 1,
+    batch_size: int | None = 1,
 ) -> Iterator[Explained]:
     """``(result, None)`` per task, in task order: decoding in ``workers`` background
-    processes, same-size images batched up to ``batch_size``. The files are rendered by
-    ``save_explanations`` (in its writer thread)."""
+    processes, images of one model-input size batched up to ``batch_size`` from a
+    look-ahead (``engine.stream_local``); None: chosen for the method's device once the
+    first image is decoded (``batching.auto_batch_size``). The files are drawn by
+    ``save_explanations``."""
     from functools import partial
 
     load = partial(decode_image, prep=prep)
-    compute = ImageExplainer(method, target, batch_size)
-    for result in stream_local(tasks, load, compute, workers, batch_size):
+    compute = ImageExplainer(method, target, batch_size or 1)
+
+    def chosen(first: DecodedImage) -> int:
+        compute.batch_size = auto_batch_size(method, first.x)
+        return compute.batch_size
+
+    for result in stream_local(tasks, load, compute, workers, batch_size or chosen):
         yield result, None
 
 
@@ -129,50 +171,14 @@ def save_explanations(
     background: bool = True,
 ) -> int:
     """The driver's side: write every result's files in input order while the engine
-    computes the next ones. Files the engine did not render (the local pipeline's) are
-    rendered in a separate process (``RenderProcess``) and written by a background
-    thread; with ``background=False`` everything happens here, one result at a time.
+    computes the next ones (``writing.ExplanationWriter``: overlays drawn and written by
+    a pool of processes); with ``background=False`` everything happens here, one result
+    at a time.
 
     report(result, overlay path or None, error or None) is called once per result, in
     order, from the writing thread. Returns how many inputs failed.
     """
-    failures = 0
-
-    def write(pair) -> None:
-        nonlocal failures
-        result, files = pair
-        error, png = result.error, None
-        if error is None:
-            try:
-                if files is None:
-                    files = render_outputs(result, cmap, alpha)
-                elif not isinstance(files, RenderedFiles):  # a future: the render process
-                    files = renderer.files(result, files)
-                png = writer.write(result, files)
-            except (ImageError, OSError) as problem:
-                error = str(problem)
-            except MemoryError:
-                error = f"{result.task.path}: out of memory while rendering the overlay"
-        failures += error is not None
-        if report is not None:
-            report(result, png, error)
-
-    if not background:
-        for pair in stream:
-            write(pair)
-        return failures
-    renderer: RenderProcess | None = None
-    try:
-        with BackgroundWriter(write) as background_writer:
-            for result, files in stream:
-                if files is None and result.error is None and RenderProcess.takes(result):
-                    renderer = renderer or RenderProcess(cmap, alpha)
-                    files = renderer.submit(result)
-                background_writer.submit((result, files))
-    finally:
-        if renderer is not None:
-            renderer.close()
-    return failures
+    return ExplanationWriter(writer, cmap, alpha, report).save(stream, background)
 
 
 def evaluate_local(
@@ -183,8 +189,8 @@ def evaluate_local(
     batch_size: int = 1,
 ) -> Iterator[Scored]:
     """``(item, rows)`` per record, in record order: loading in ``workers`` background
-    processes, windows of ``batch_size`` records scored together (same-size images share
-    forward passes; see ``evaluation.Evaluator``)."""
+    processes, records of one model-input size scored together, up to ``batch_size``,
+    from a look-ahead (``engine.stream_local``; see ``evaluation.Evaluator``)."""
     from functools import partial
 
     from ..apps.evaluation import load_item

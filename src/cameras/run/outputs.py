@@ -7,6 +7,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.files import write_atomically
@@ -106,23 +107,46 @@ class ImageWriter:
 
     def write(self, result: ImageResult, files: RenderedFiles) -> Path:
         """Write one result's files; returns the overlay's path."""
-        png, npy = self.paths(result.task)
-        self._refuse_another_run(result.task, png, npy)
-        if self.run is not None:
-            files = RenderedFiles(with_run_note(files.png, self.run), files.npy)
+        return store_files(self.claim(result.task), files)
+
+    def claim(self, task: ImageTask) -> OutputClaim:
+        """Check and reserve ``task``'s two output paths (ImageError when an input, a file
+        of this run or a file of another run is in the way); ``store_files`` writes
+        them, here or in another process. Claimed in input order, by the driver alone,
+        so the checks see every earlier image's names."""
+        png, npy = self.paths(task)
+        self._refuse_another_run(task, png, npy)
         for path in (png, npy):
             if self.inputs.covers(path):
                 raise ImageError(
-                    f"{result.task.path}: output {path.name} would overwrite an input; use --out"
+                    f"{task.path}: output {path.name} would overwrite an input; use --out"
                 )
             if same_name(path) in self.written:
-                raise ImageError(f"{result.task.path}: output {path.name} was already written")
-        try:  # both or neither: a map never sits beside another run's overlay
-            write_atomically({png: files.png, npy: files.npy})
-        except OSError as error:
-            raise ImageError(f"{result.task.path}: {write_failure(error)}") from None
+                raise ImageError(f"{task.path}: output {path.name} was already written")
         self.written.update((same_name(png), same_name(npy)))
-        return png
+        return OutputClaim(task.path, png, npy, self.run)
+
+
+@dataclass(frozen=True)
+class OutputClaim:
+    """Where one image's files go (checked by ``ImageWriter.claim``); picklable, so a
+    render process can write them."""
+
+    source: str  # the input's path, for messages
+    png: Path
+    npy: Path
+    run: str | None  # the run note stored in the overlay (``with_run_note``)
+
+
+def store_files(claim: OutputClaim, files: RenderedFiles) -> Path:
+    """Write a claimed image's overlay and map, both or neither (``core.files``); returns
+    the overlay's path. An OSError becomes an ImageError naming the input."""
+    png = files.png if claim.run is None else with_run_note(files.png, claim.run)
+    try:  # both or neither: a map never sits beside another run's overlay
+        write_atomically({claim.png: png, claim.npy: files.npy})
+    except OSError as error:
+        raise ImageError(f"{claim.source}: {write_failure(error)}") from None
+    return claim.png
 
 
 # The PNG text chunk that names the run an overlay came from.
