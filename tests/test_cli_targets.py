@@ -424,3 +424,72 @@ def test_compare_explains_a_box_of_a_torchvision_detector_by_name(
     assert stderr.startswith(f"{DETECTOR}: box 10,5,90,60 cat (17) score=0.000\n")
     assert "warning: gradcam: the target is absent at every scale" in stderr
     assert out.exists() and str(out) in stdout
+
+
+# ---------------------------------------------------------------- cameras explain
+
+
+def _explain(args, capsys):
+    code = main(["explain", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_explain_writes_a_box_map_tagged_with_the_box(photo_file, tmp_path, capsys):
+    session = _session("tiny_detector")
+    photo = Image.open(photo_file).convert("RGB")
+    x = session.input(photo)
+    box, label = _detected_cell(session, x)
+    typed = ",".join(f"{v:.4f}" for v in box)
+    args = [photo_file, "--model", "tiny_detector", "--layer", "act", "--scales", "64,96"]
+    args += ["--box", typed, "--class", LABELS[label], "--device", "cpu", "--out", tmp_path]
+    code, _, stderr = _explain(args, capsys)
+    assert code == 0, stderr
+    mapped = box_in_input(tuple(float(v) for v in typed.split(",")), (67, 101), (64, 96))
+    expected = session.explain(x, "cameras", targets=Box(mapped, label), scales=[64, 96])
+    tag = "_box" + "-".join(f"{float(v):g}" for v in typed.split(",")) + f"_class{label}"
+    written = np.load(tmp_path / f"photo_cameras{tag}.npy")
+    assert np.abs(written - session.map_at_image_size(expected, photo)).max() <= 1e-4
+    assert (tmp_path / f"photo_cameras{tag}.png").exists()
+    assert "top-5" not in stderr + _  # a detector has no class scores to rank
+    kept = [r.scale for r in expected.scales[0] if r.kept]
+    assert f"scales kept {kept}" in stderr + _
+
+
+def test_explain_writes_a_region_map_and_a_multi_label_map(photo_file, tmp_path, capsys):
+    session = _session("tiny_segmenter")
+    photo = Image.open(photo_file).convert("RGB")
+    pixels = np.zeros((67, 101), dtype=np.uint8)
+    pixels[10:50, 30:90] = 255
+    Image.fromarray(pixels).save(tmp_path / "region.png")
+    x = session.input(photo)
+    mask = mask_in_input(pixels != 0, None, (67, 101), (64, 96))
+    args = [photo_file, "--model", "tiny_segmenter", "--layer", "act", "--method", "gradcam"]
+    args += ["--mask", tmp_path / "region.png", "--class", "1", "--out", tmp_path / "out"]
+    code, _, stderr = _explain(args, capsys)
+    assert code == 0, stderr
+    expected = session.explain(x, "gradcam", targets=Region(1, mask))
+    written = np.load(tmp_path / "out" / "photo_gradcam_region1-region.npy")
+    assert np.abs(written - session.map_at_image_size(expected, photo)).max() <= 1e-4
+
+    classifier = _session("tiny_classifier")
+    args = [photo_file, "--model", "tiny_classifier", "--layer", "act", "--method", "gradcam"]
+    args += ["--classes", "1,3", "--out", tmp_path / "multi"]
+    code, _, stderr = _explain(args, capsys)
+    assert code == 0, stderr
+    expected = classifier.explain(classifier.input(photo), "gradcam", targets=Classes([1, 3]))
+    written = np.load(tmp_path / "multi" / "photo_gradcam_classes1+3.npy")
+    assert np.abs(written - classifier.map_at_image_size(expected, photo)).max() <= 1e-4
+
+
+def test_explain_fails_only_the_photo_a_box_does_not_fit(photo_file, tmp_path, capsys):
+    small = tmp_path / "small.png"
+    Image.open(photo_file).convert("RGB").crop((0, 0, 40, 30)).save(small)
+    args = [photo_file, small, "--model", "tiny_detector", "--layer", "act", "--scales", "64"]
+    args += ["--box", "20,10,60,50", "--out", tmp_path / "out", "--workers", "0"]
+    code, _, stderr = _explain(args, capsys)
+    assert code == 1
+    assert (tmp_path / "out" / "photo_cameras_box20-10-60-50.npy").exists()
+    assert not list((tmp_path / "out").glob("small_*"))
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "small.png" in errors[0] and "box 20,10,60,50" in errors[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..apps.photo_targets import PhotoTarget, target_file_tag, target_identity
 from ..run.jobs import explain_local, save_explanations
 from ..run.letterbox import Letterbox
 from ..run.outputs import ImageWriter, image_tasks
@@ -20,12 +21,12 @@ from .common import (
     method_of,
     note,
     open_session,
-    parse_class,
     parse_methods,
     progress_bar,
     raise_ray_failure,
     usage_error,
 )
+from .targets import add_target_arguments, parse_target
 
 
 def add_parser(subparsers) -> None:
@@ -35,14 +36,20 @@ def add_parser(subparsers) -> None:
         description="For each image write OUT/<stem>_<method>.png (overlay at the image's "
         "size) and OUT/<stem>_<method>.npy (float32 map in [0, 1]) and print the top-5 "
         "classes. With --class C the files are OUT/<stem>_<method>_class<C's index>.png "
-        "and .npy, so they never replace the top-1 map's. A file left in OUT by a run "
+        "and .npy, so they never replace the top-1 map's; --box, --mask and --classes add "
+        "their own tag (_box10-20-110-220, _region15-<mask>, _classes3+7). A file left in "
+        "OUT by a run "
         "with another model, weights, layer, method, scales, rule or class is not replaced "
         "without --overwrite.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument(
-        "--class", dest="target", help="class index or name (default: each image's top-1)"
+        "--class",
+        dest="target",
+        help="class index or name; with --box the detection's label, with --mask the "
+        "region's class (default: each image's top-1)",
     )
+    add_target_arguments(parser, class_option=False)
     parser.add_argument(
         "--method", default="cameras", help="cameras, gradcam, ... (default: %(default)s)"
     )
@@ -95,11 +102,12 @@ def add_run_control_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_identity(args: argparse.Namespace, method, target: int | None) -> str:
-    """What makes this run's maps what they are (stored in each overlay; see ImageWriter)."""
+def run_identity(args: argparse.Namespace, method, target: str) -> str:
+    """What makes this run's maps what they are (stored in each overlay; see ImageWriter).
+    target: ``apps.photo_targets.target_identity`` ("top-1", "281", "box=... label=3")."""
     scales = ",".join(map(str, args.scales)) if args.scales else "default"
     weights = f" weights={args.weights}" if args.weights else ""
-    chosen = "top-1" if target is None else target
+    chosen = target
     # Only when given, so the files of a run without it still match for --resume.
     letterbox = f" input-size={args.input_size}" if args.input_size is not None else ""
     return (
@@ -134,10 +142,13 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cpu"  # the driver only checks the arguments; the actors take GPUs
     session = open_session(args)
     method = method_of(session, args.method)
-    target = parse_class("--class", args.target, session)
+    target = parse_target(args, session)
+    if isinstance(target, PhotoTarget) and target.classes is None and args.input_size:
+        raise usage_error("--input-size: not with --box or --mask (given in the photo's pixels)")
     images, failures = gather_images(args.paths, args.out, args.recursive)
-    identity = run_identity(args, method, target)
-    writer = ImageWriter(args.out, method.name, images, target, identity, args.overwrite)
+    identity = run_identity(args, method, target_identity(target))
+    tag = target_file_tag(target)
+    writer = ImageWriter(args.out, method.name, images, tag, identity, args.overwrite)
     tasks = image_tasks(images, writer.clashes)
     if args.resume:
         tasks = pending_tasks(tasks, writer)
@@ -158,8 +169,14 @@ def run(args: argparse.Namespace) -> int:
         if error is not None:
             note(f"error: {error}", error=True)
             return
-        note(f"{result.task.path}: top-5: {format_top5(result.top5, session)}")
-        label = session.class_label(result.target)
+        if result.top5:  # a segmenter or detector has no class scores
+            note(f"{result.task.path}: top-5: {format_top5(result.top5, session)}")
+        else:
+            note(f"{result.task.path}:")
+        if isinstance(result.target, int):
+            label = session.class_label(result.target)
+        else:
+            label = target_identity(target).replace("=", " ")
         note(f"  {method.name} map for {label}, scales kept {result.kept} -> {png}")
         if result.warning:
             note(f"  warning: {result.warning}", error=True)

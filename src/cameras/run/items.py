@@ -47,7 +47,7 @@ class ImageResult:
 
     task: ImageTask
     saliency: np.ndarray | None
-    target: int | None = None
+    target: object = None  # the class index, or the photo's target (a Box, ...)
     kept: list[int] | None = None
     top5: list[tuple[int, float]] | None = None
     pixels: np.ndarray | None = None

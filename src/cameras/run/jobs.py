@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..apps.photo_targets import batch_targets
 from ..core.budget import MemoryBudgetError
 from ..core.images import ImageError, load_image
 from ..methods import SaliencyMethod
@@ -45,14 +46,15 @@ class ImageExplainer:
     """Compute for explain: ``results = ImageExplainer(method, target)(items)``.
 
     method: a built saliency method (its model already on its device); target: a class
-    index for every image, or None for each image's top-1. Maps are computed for
+    index for every image, None for each image's top-1, or a ``PhotoTarget`` (a box, a
+    mask or a set of classes, made into each photo's own target). Maps are computed for
     same-size images together (batches of up to ``batch_size``) and kept at the model
     input's size (``render_outputs`` resizes them); results are in item order, error
     items passed through. An image over the memory budget is an error item; a batch
     that runs out of device memory is split and retried (``OutOfMemorySplitter``).
     """
 
-    def __init__(self, method: SaliencyMethod, target: int | None, batch_size: int = 1) -> None:
+    def __init__(self, method: SaliencyMethod, target, batch_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.method = method
@@ -77,8 +79,14 @@ class ImageExplainer:
         """One same-size batch through the model (may raise torch.OutOfMemoryError)."""
         # torch.as_tensor: a Keras model's inputs and results are NumPy arrays.
         x = torch.stack([torch.as_tensor(item.x) for item in members])
+        # A box or mask is given in each photo's pixels: one target per photo.
+        photo_sizes = [tuple(item.pixels.shape[:2]) for item in members]
         try:
-            explained = self.method(x, targets=self.target)
+            targets = batch_targets(self.target, photo_sizes, tuple(x.shape[-2:]))
+        except ValueError as error:  # a box outside this photo: these images fail, not all
+            return [_failed(item, str(error)) for item in members]
+        try:
+            explained = self.method(x, targets=targets)
         except MemoryBudgetError as error:  # over the budget: these images fail, not all
             return [_failed(item, str(error)) for item in members]
         maps = torch.as_tensor(explained.maps)
@@ -89,7 +97,9 @@ class ImageExplainer:
                 saliency=photo_region(maps[j].float().cpu(), item.region),
                 target=explained.targets[j],
                 kept=[s.scale for s in explained.scales[j] if s.kept],
-                top5=top_classes(explained.probabilities[j], 5),
+                top5=[]
+                if explained.probabilities is None  # a segmenter or a detector
+                else top_classes(explained.probabilities[j], 5),
                 pixels=item.pixels,
                 worker=me,
                 warning=explained.scale_warnings[j],
@@ -140,7 +150,7 @@ def explain_local(
     tasks: Sequence[ImageTask],
     method: SaliencyMethod,
     prep: Callable[[Image.Image], torch.Tensor],
-    target: int | None = None,
+    target=None,
     workers: int = 2,
     batch_size: int | None = 1,
 ) -> Iterator[Explained]:

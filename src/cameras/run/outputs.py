@@ -64,13 +64,15 @@ class ImageWriter:
         out: Path,
         method_name: str,
         inputs: Iterable[Path],
-        target: int | None = None,
+        tag: str = "",
         run: str | None = None,
         overwrite: bool = False,
     ) -> None:
         self.out = Path(out)
         self.method_name = method_name
-        self.suffix = "" if target is None else f"_class{target}"
+        # What the names add for the target: "" (top-1), "_class281", "_box10-20-110-220",
+        # ... (``apps.photo_targets.target_file_tag``), so no target's map replaces another's.
+        self.suffix = tag
         self.inputs = OutputGuard(inputs)
         self.written: set[str] = set()
         self.run = None if run is None else run.encode("ascii", "backslashreplace").decode()

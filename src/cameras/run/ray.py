@@ -87,12 +87,12 @@ class ExplainJob:
 
     spec: the driver's ``SessionSpec`` (its layer resolved by the driver, so every actor
     explains the same layer; the actors' device); target: a class index for every
-    image, or None (each image's top-1).
+    image, None (each image's top-1), or a ``PhotoTarget`` (a box, mask or set).
     """
 
     spec: SessionSpec
     method: str
-    target: int | None
+    target: object
     cmap: str = "jet"
     alpha: float = 0.5
 
