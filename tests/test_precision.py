@@ -20,7 +20,7 @@ from cameras.session import Session, SessionSpec
 # bf16 against fp32 on the bundled photos (Lite0, the default scale rule, normalised
 # maps). Measured at the default 8 scales (shorter side 224): max abs difference 0.041
 # (chelsea) and 0.051 (coffee), correlation 0.9994 and 0.9989; at this test's size and
-# scales: 0.012 and 0.018, 0.9999 and 0.9998 (docs/reliability.md, "Precision").
+# scales: 0.012 and 0.018, 0.9999 and 0.9998 (docs/reliability.md, the Python API).
 BF16_MAX_ABS = 0.06
 BF16_MIN_CORRELATION = 0.998
 PHOTO_SIZE, PHOTO_SCALES = (96, 144), [96, 144, 192]
@@ -69,7 +69,7 @@ def test_every_method_takes_the_precision_and_runs_the_model_in_it():
     seen: list[torch.dtype] = []
     handle = model.features[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     try:
-        for name in ("cameras", "gradcam", "layercam"):
+        for name in METHODS:
             seen.clear()
             method = build_method(name, model, layer="act", scales=[32, 48], precision="bf16")
             assert method.precision == "bf16"

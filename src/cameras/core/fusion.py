@@ -26,7 +26,7 @@ are folded into its R, and the batch into the products' batch: no loop over imag
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +138,13 @@ def _fuse_wide(activations, gradients, weights, height, width, covered) -> torch
     # Each stacked source row's scale, so that per image R_b[:, a] = R[:, a] * w[b, t(a)].
     scale_of_row = torch.cat([torch.full((r.shape[1],), t) for t, r in enumerate(rows)])
     weighted_rows = all_rows.to(device)[None] * weights[:, scale_of_row.to(device)][:, None]
-    bands = _row_bands(rows, device)
+    grids = tuple(
+        (a.shape[2], c[0] if c else None) for a, c in zip(activations, covered, strict=True)
+    )
+    bands = [
+        replace(band, index=band.index.to(device))
+        for band in _row_bands(grids, height, device.type == "cpu")
+    ]
     widest = max(band.count for band in bands)
     budget = _CHUNK_BYTES.get(device.type, _CHUNK_BYTES["cuda"]) // 4  # in floats
     # Per image and output column: every band's Z, and one band's final product.
@@ -200,7 +206,7 @@ def _fuse_block(activations, gradients, cols, weighted_rows, bands, pictures, co
 @dataclass(frozen=True)
 class _Band:
     """Output rows ``first:last``, the source rows (low, high) of each scale they read,
-    and those rows' places in the stacked row matrix (``index``, on the device)."""
+    and those rows' places in the stacked row matrix (``index``)."""
 
     first: int
     last: int
@@ -220,32 +226,37 @@ _BAND_HEIGHTS = (8, 12, 16, 24, 32, 48, 64, 96)
 _COPY_COST = 64
 
 
-def _row_bands(rows: list[torch.Tensor], device: torch.device) -> list[_Band]:
-    """The output rows cut into bands for the fusion. ``rows``: each scale's (H, h_t) row
-    matrix on the CPU; a band reads the source rows with a weight in one of its rows.
+@functools.lru_cache(maxsize=256)
+def _row_bands(
+    grids: tuple[tuple[int, float | None], ...], height: int, split: bool
+) -> tuple[_Band, ...]:
+    """The ``height`` output rows cut into bands for the fusion (on the CPU; one band
+    unless ``split``). grids: per scale, its rows h_t and the part of the output they
+    cover (``interpolation_matrix``); a band reads the source rows with a weight in one of
+    its rows.
 
     Z costs S_band^2 per column and channel: bands of ~40 rows read ~40 of S ~ 140 source
     rows (bilinear weights reach two rows per scale), under half the arithmetic of one
     band. On a GPU the arithmetic is cheap and every band is more kernel launches."""
-    height = rows[0].shape[0]
-    whole = [_band(rows, 0, height, device)]
-    if device.type != "cpu":
+    rows = [_matrix_cpu(n_in, height, covered) for n_in, covered in grids]
+    whole = (_band(rows, 0, height),)
+    if not split:
         return whole
-    best, best_cost = whole, whole[0].count ** 2
+    best, best_cost = whole, whole[0].count * (whole[0].count + _COPY_COST)
     for band_height in _BAND_HEIGHTS:
         if band_height >= height:
             break
-        bands = [
-            _band(rows, first, min(first + band_height, height), device)
+        bands = tuple(
+            _band(rows, first, min(first + band_height, height))
             for first in range(0, height, band_height)
-        ]
+        )
         cost = sum(band.count * (band.count + _COPY_COST) for band in bands)
         if cost < best_cost:
             best, best_cost = bands, cost
     return best
 
 
-def _band(rows: list[torch.Tensor], first: int, last: int, device: torch.device) -> _Band:
+def _band(rows: list[torch.Tensor], first: int, last: int) -> _Band:
     """The band of output rows ``first:last``: per scale, the first and last source row
     with a weight there (bilinear weights touch a contiguous run of rows)."""
     ranges, index, offset = [], [], 0
@@ -255,7 +266,7 @@ def _band(rows: list[torch.Tensor], first: int, last: int, device: torch.device)
         ranges.append((low, high))
         index.append(torch.arange(low, high) + offset)
         offset += matrix.shape[1]
-    return _Band(first, last, tuple(ranges), torch.cat(index).to(device))
+    return _Band(first, last, tuple(ranges), torch.cat(index))
 
 
 def _matrix_cpu(n_in: int, n_out: int, covered: float | None) -> torch.Tensor:
