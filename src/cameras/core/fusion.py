@@ -178,20 +178,24 @@ def _fuse_block(activations, gradients, cols, weighted_rows, bands, pictures, co
     ]
     for start in range(0, channels, chunk):
         k = min(start + chunk, channels) - start
-        # Column step per scale for every image at once, laid out (columns, images, h_t,
-        # 2k): channels innermost, so a band's rows are whole matrices for bmm.
-        resized = []
-        for a, g, col in zip(activations, gradients, cols, strict=True):
-            h, w = a.shape[2:]
-            both = torch.cat([a[pictures, start : start + k], g[pictures, start : start + k]], 1)
-            flat = both.permute(3, 0, 2, 1).reshape(w, n_images * h * 2 * k)
-            resized.append((col[columns] @ flat).view(n_columns, n_images, h, 2 * k))
+        # Column step per scale for every image at once, activations and gradients apart,
+        # laid out (columns, images, h_t, k): channels innermost, so that a band's rows of
+        # every scale, gathered, are contiguous matrices for bmm.
+        resized = [
+            [_resize_columns(t[pictures, start : start + k], col[columns]) for t in (a, g)]
+            for a, g, col in zip(activations, gradients, cols, strict=True)
+        ]
         for pair_sum, band in zip(pair_sums, bands, strict=True):
-            # The band's source rows of every scale, activations and gradients apart, so
-            # that both operands are contiguous (no copy inside the product).
-            parts = [r[:, :, low:high] for r, (low, high) in zip(resized, band.ranges, strict=True)]
-            x = torch.cat([part[..., :k] for part in parts], 2).flatten(0, 1)
-            y = torch.cat([part[..., k:] for part in parts], 2).flatten(0, 1)
+            x, y = (
+                torch.cat(
+                    [
+                        r[side][:, :, low:high]
+                        for r, (low, high) in zip(resized, band.ranges, strict=True)
+                    ],
+                    2,
+                ).flatten(0, 1)
+                for side in (0, 1)
+            )
             pair_sum.baddbmm_(x, y.transpose(1, 2))
     maps = torch.empty(n_images, weighted_rows.shape[1], n_columns, device=device)
     for pair_sum, band in zip(pair_sums, bands, strict=True):
@@ -201,6 +205,13 @@ def _fuse_block(activations, gradients, cols, weighted_rows, bands, pictures, co
         product = (torch.matmul(rows, pair_sum) * rows).sum(-1)  # (columns, n, band rows)
         maps[:, band.first : band.last] = product.permute(1, 2, 0)
     return maps
+
+
+def _resize_columns(grids: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(n, k, h, w) grids resized along w by the (columns, w) matrix: (columns, n, h, k)."""
+    n, k, h, w = grids.shape
+    flat = grids.permute(3, 0, 2, 1).reshape(w, n * h * k)  # a copy of the small grids
+    return (columns @ flat).view(columns.shape[0], n, h, k)
 
 
 @dataclass(frozen=True)
