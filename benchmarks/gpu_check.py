@@ -110,10 +110,14 @@ def clock(device: torch.device) -> Callable[[], float]:
     return time.perf_counter if device.type == "cuda" else time.process_time
 
 
-def seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Mean seconds of ``run`` after one warm-up call (kernels, caches, the layer probe)."""
+def seconds(
+    run: Callable[[], object], device: torch.device, repeats: int, warm_up: bool = True
+) -> float:
+    """Mean seconds of ``run``, after one warm-up call (kernels, caches, the layer probe)
+    unless the same work has just run."""
     now = clock(device)
-    run()
+    if warm_up:
+        run()
     synchronize(device)
     start = now()
     for _ in range(repeats):
@@ -181,10 +185,11 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     call_s = seconds(lambda: method(x), device, repeats)
     peak = peak_mib(device)
-    floor_s = seconds(floor_call(model, x, scales, precision), device, repeats)
+    # The floor runs the model at the sizes the calls just ran: warm.
+    floor_s = seconds(floor_call(model, x, scales, precision), device, repeats, warm_up=False)
     spent: list[float] = []
     with fusion_timer(device, spent):
-        fused_call_s = seconds(lambda: method(x), device, 1)
+        fused_call_s = seconds(lambda: method(x), device, 1, warm_up=False)
     return Row(
         label,
         x.shape[0],
