@@ -151,7 +151,9 @@ def _fuse_wide(activations, gradients, weights, height, width, covered) -> torch
     per_column = sum(band.count**2 for band in bands)
     per_column += max(band.count * (band.last - band.first) for band in bands)
     columns_fit = max(1, budget // per_column)
-    images = max(1, min(batch, columns_fit // width))
+    # Images share a product only on a GPU (fewer launches); on the CPU that would only
+    # shrink the chunk of channels, and with it the products' efficiency.
+    images = max(1, min(batch, columns_fit // width)) if device.type != "cpu" else 1
     block = min(width, columns_fit)
     # A chunk's column step (S rows) and one band's gathered rows, 2k channels each.
     chunk = max(1, min(channels, budget // (2 * images * block * (stacked_rows + widest))))
