@@ -114,7 +114,7 @@ def seconds(
     run: Callable[[], object], device: torch.device, repeats: int, warm_up: bool = True
 ) -> float:
     """Mean seconds of ``run``, after one warm-up call (kernels, caches, the layer probe)
-    unless the same work has just run."""
+    unless the same call has just run."""
     now = clock(device)
     if warm_up:
         run()
@@ -185,8 +185,8 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     call_s = seconds(lambda: method(x), device, repeats)
     peak = peak_mib(device)
-    # The floor runs the model at the sizes the calls just ran: warm.
-    floor_s = seconds(floor_call(model, x, scales, precision), device, repeats, warm_up=False)
+    # Warmed up too: a no-grad pass picks kernels of its own on its first run.
+    floor_s = seconds(floor_call(model, x, scales, precision), device, repeats)
     spent: list[float] = []
     with fusion_timer(device, spent):
         fused_call_s = seconds(lambda: method(x), device, 1, warm_up=False)
