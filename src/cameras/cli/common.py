@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.classes import ClassError
-from ..core.precision import DEFAULT_PRECISION
+from ..core.precision import DEFAULT_PRECISION, PRECISIONS
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
 from ..run.outputs import OutputGuard, image_tasks
@@ -57,7 +57,6 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """--layer, --scales, --rule, --precision and --preprocess: every subcommand that runs
     a method takes them, with these help texts (they become a ``SessionSpec``)."""
-    from ..core.precision import DEFAULT_PRECISION, PRECISIONS
     from ..methods.cameras import DEFAULT_RULE, SCALE_RULES
 
     parser.add_argument(
