@@ -28,6 +28,7 @@ from .backends import backend_for
 from .core.capture import check_batch, eval_mode, model_input
 from .core.classes import ClassLike, Targets, class_index, class_label, class_names_for
 from .core.images import load_image, resize_map
+from .core.precision import DEFAULT_PRECISION, check_precision
 from .core.targets import logits_of
 from .methods import CAMERAS, Explanation, SaliencyMethod, build_method
 from .models import (
@@ -55,7 +56,8 @@ class SessionSpec:
     model: a model name (``cameras.load_model``) or a Keras model file (``.keras``,
     ``.h5``); weights: a local weights file for a named model; device: ``"auto"``,
     ``"cpu"``, ``"cuda"`` or None; layer, scales, rule: the methods' (see ``Session``);
-    preprocess: a Keras model's input convention (``cameras.keras.PREPROCESS_MODES``).
+    preprocess: a Keras model's input convention (``cameras.keras.PREPROCESS_MODES``);
+    precision: the methods' (``"fp32"``, ``"bf16"``, ``"fp16"``; see ``Session``).
     """
 
     model: str = DEFAULT_MODEL
@@ -65,6 +67,7 @@ class SessionSpec:
     scales: tuple[int, ...] | None = None
     rule: str | None = None
     preprocess: str | None = None
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         # Plain values only, so the spec pickles and compares equal wherever it goes.
@@ -103,7 +106,13 @@ class SessionSpec:
         else:
             model, prep, classes = load_keras_file(self.model, self.weights, self.preprocess)
         session = Session(
-            model, prep, classes, layer=self.layer, scales=self.scales, rule=self.rule
+            model,
+            prep,
+            classes,
+            layer=self.layer,
+            scales=self.scales,
+            rule=self.rule,
+            precision=self.precision,
         )
         session.spec = self
         return session
@@ -119,6 +128,9 @@ class Session:
     layer: module name or None (found automatically, once, on first use).
     scales: CAMERAS's shorter-side sizes (None: ``default_scales`` of each input).
     rule: CAMERAS's scale rule (``"top1"``, ``"top5"``, ``"all"``; None: the default).
+    precision: ``"fp32"`` (default: the model's own dtype), ``"bf16"`` or ``"fp16"``: every
+    method runs the model's passes under autocast in that dtype, maps in float32
+    (``cameras.core.precision``).
     ``spec``: the ``SessionSpec`` it was built from (None for a session over a model
     object).
     """
@@ -131,8 +143,10 @@ class Session:
         layer: str | None = None,
         scales: Sequence[int] | None = None,
         rule: str | None = None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         self.backend = backend_for(model)
+        self.precision = check_precision(precision, self.backend.name)
         self.model = model
         self.prep = prep
         if class_names is None:
@@ -157,6 +171,7 @@ class Session:
         scales: Sequence[int] | None = None,
         rule: str | None = None,
         preprocess: str | None = None,
+        precision: str = DEFAULT_PRECISION,
     ) -> Session:
         """A session over ``load_model(name, weights, device)``, or over a Keras model file
         with ``preprocess`` (ModelError if it fails); see ``SessionSpec``."""
@@ -168,6 +183,7 @@ class Session:
             tuple(scales) if scales is not None else None,
             rule,
             preprocess,
+            precision,
         )
         return spec.build()
 
@@ -235,7 +251,14 @@ class Session:
 
     def _build(self, name: str, model, scales, backend) -> SaliencyMethod:
         return build_method(
-            name, model, self.layer, scales, self.class_names, self.rule, backend=backend
+            name,
+            model,
+            self.layer,
+            scales,
+            self.class_names,
+            self.rule,
+            precision=self.precision,
+            backend=backend,
         )
 
     # ------------------------------------------------------------------ images

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.classes import ClassError
+from ..core.precision import DEFAULT_PRECISION, PRECISIONS
 from ..methods import SaliencyMethod, check_method_names
 from ..models import DEFAULT_MODEL, ModelError
 from ..run.outputs import OutputGuard, image_tasks
@@ -54,8 +55,8 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """--layer, --scales, --rule and --preprocess: every subcommand that runs a method
-    takes them, with these help texts (they become a ``SessionSpec``)."""
+    """--layer, --scales, --rule, --precision and --preprocess: every subcommand that runs
+    a method takes them, with these help texts (they become a ``SessionSpec``)."""
     from ..methods.cameras import DEFAULT_RULE, SCALE_RULES
 
     parser.add_argument(
@@ -73,6 +74,14 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         help="which of CAMERAS's scales count: top1 (the paper's: the class is that scale's "
         "top-1), top5 (the class is in its top 5) or all (every scale); "
         f"default: {DEFAULT_RULE}, every scale counts, with or without a class",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=DEFAULT_PRECISION,
+        help="the model's forward and backward passes: fp32 (its own dtype), or bf16 / fp16 "
+        "under autocast, faster on a GPU; maps are always accumulated in float32 "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--preprocess",
@@ -165,6 +174,7 @@ def session_spec(args: argparse.Namespace, name: str | None = None) -> SessionSp
         scales=tuple(args.scales) if args.scales else None,
         rule=args.rule,
         preprocess=args.preprocess,
+        precision=getattr(args, "precision", DEFAULT_PRECISION),
     )
 
 

@@ -16,15 +16,22 @@ interpolation matrices. Stack every scale's R side by side into ``R = [R_1 ... R
 so channels are summed out early, in one batched product per chunk of channels
 (W x S x S), and nothing of size C x H x W ever exists. This does about half the
 arithmetic of upsampling channel chunks and multiplying them, and much less memory.
+
+R[i, a] is non-zero for two source rows a per scale only, so a band of output rows
+needs Z only over the source rows it touches: on the CPU the rows are cut into bands
+(``_row_bands``), which cuts Z's products by more than half. Each image's scale weights
+are folded into its R, and the batch into the products' batch: no loop over images.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from .precision import full_precision
 
 # Bytes allowed for each working tensor: Z (columns x S x S), a chunk of column-resized
 # activations and gradients (columns x S x 2k). Small on the CPU, larger on a GPU.
@@ -66,9 +73,7 @@ def interpolation_matrix(
     The grid is resized to that extent and cut to n_out pixels; pixels past the grid's
     last cell take its value. None (or 1) is the plain resize.
     """
-    if covered is None or covered == 1:
-        return _interpolation_matrix_cpu(n_in, n_out).to(device)
-    return _covering_matrix_cpu(n_in, n_out, float(covered)).to(device)
+    return _matrix_cpu(n_in, n_out, covered).to(device)
 
 
 def resize_grid(
@@ -92,12 +97,14 @@ def fuse_scales(
 ) -> torch.Tensor:
     """``ReLU(sum_c A_bar * G_bar)`` at ``size``, with weighted means over scales.
 
-    activations, gradients: one (B, C, h_t, w_t) tensor per scale t (sizes may differ).
+    activations, gradients: one (B, C, h_t, w_t) tensor per scale t (sizes may differ;
+        any memory layout, channels_last included).
     weights: (B, T), the weight of scale t for image b (1 / n_kept, or 0 if dropped).
     covered: per scale, the fraction of the input's height and width that the grid spans
         (token grids padded to whole patches, see ``interpolation_matrix``); None entries,
         or None for all, mean the grid spans the input exactly.
-    Returns (B, H, W) float32, not normalised.
+    Returns (B, H, W) float32, not normalised. Runs in float32 even inside an autocast
+    block (a method's ``precision``): the products are sums over thousands of channels.
     """
     height, width = size
     covered = list(covered) if covered is not None else [None] * len(activations)
@@ -106,47 +113,180 @@ def fuse_scales(
         swapped = [a.transpose(2, 3) for a in activations], [g.transpose(2, 3) for g in gradients]
         flipped = [c[::-1] if c is not None else None for c in covered]
         return fuse_scales(*swapped, weights, (width, height), flipped).transpose(1, 2)
+    with full_precision(activations[0].device):
+        return _fuse_wide(activations, gradients, weights.float(), height, width, covered)
+
+
+def _fuse_wide(activations, gradients, weights, height, width, covered) -> torch.Tensor:
+    """``fuse_scales`` for width >= height. The batch is folded into the matrix products'
+    batch (no loop over images), each image's scale weights are folded into its row
+    matrix (the big column-resized tensors are never rescaled), and on the CPU the output
+    rows are cut into bands that each read only the source rows they touch (about half
+    the arithmetic of one band of all rows; on a GPU one band keeps the launches few)."""
     batch, channels = activations[0].shape[:2]
     device = activations[0].device
-    row_cover = [c[0] if c is not None else None for c in covered]
-    col_cover = [c[1] if c is not None else None for c in covered]
-    rows = torch.cat(
-        [
-            interpolation_matrix(a.shape[2], height, device, c)
-            for a, c in zip(activations, row_cover, strict=True)
-        ],
-        1,
-    )
-    cols = [
-        interpolation_matrix(a.shape[3], width, device, c)
-        for a, c in zip(activations, col_cover, strict=True)
+    rows = [
+        _matrix_cpu(a.shape[2], height, c[0] if c else None)
+        for a, c in zip(activations, covered, strict=True)
     ]
-    stacked_rows = rows.shape[1]
+    cols = [
+        interpolation_matrix(a.shape[3], width, device, c[1] if c else None)
+        for a, c in zip(activations, covered, strict=True)
+    ]
+    all_rows = torch.cat(rows, 1)  # (H, S) on the CPU
+    stacked_rows = all_rows.shape[1]
+    # Each stacked source row's scale, so that per image R_b[:, a] = R[:, a] * w[b, t(a)].
+    scale_of_row = torch.cat([torch.full((r.shape[1],), t) for t, r in enumerate(rows)])
+    weighted_rows = all_rows.to(device)[None] * weights[:, scale_of_row.to(device)][:, None]
+    grids = tuple(
+        (a.shape[2], c[0] if c else None) for a, c in zip(activations, covered, strict=True)
+    )
+    bands = [
+        replace(band, index=band.index.to(device))
+        for band in _row_bands(grids, height, device.type == "cpu")
+    ]
+    widest = max(band.count for band in bands)
     budget = _CHUNK_BYTES.get(device.type, _CHUNK_BYTES["cuda"]) // 4  # in floats
-    # Z grows with W * S^2, so large maps are done a block of columns at a time (no work
-    # is repeated: each block needs only its own columns of the column step).
-    block = max(1, min(width, budget // (stacked_rows * max(stacked_rows, height))))
-    chunk = max(1, min(channels, budget // (2 * block * stacked_rows)))
+    # Per image and output column: every band's Z, and one band's final product.
+    per_column = sum(band.count**2 for band in bands)
+    per_column += max(band.count * (band.last - band.first) for band in bands)
+    columns_fit = max(1, budget // per_column)
+    # Images share a product only on a GPU (fewer launches); on the CPU that would only
+    # shrink the chunk of channels, and with it the products' efficiency.
+    images = max(1, min(batch, columns_fit // width)) if device.type != "cpu" else 1
+    block = min(width, columns_fit)
+    # A chunk's column step (S rows) and one band's gathered rows, 2k channels each.
+    chunk = max(1, min(channels, budget // (2 * images * block * (stacked_rows + widest))))
     maps = torch.empty(batch, height, width, device=device)
-    for b, first in itertools.product(range(batch), range(0, width, block)):
-        last = min(first + block, width)
-        pair_sums = torch.zeros(last - first, stacked_rows, stacked_rows, device=device)  # Z
-        for start in range(0, channels, chunk):
-            k = min(start + chunk, channels) - start
-            # Column step per scale, laid out (columns, h_t, 2k): channels innermost.
-            resized = []
-            for t, (a, g, col) in enumerate(zip(activations, gradients, cols, strict=True)):
-                h, w = a.shape[2:]
-                both = torch.cat([a[b, start : start + k], g[b, start : start + k]])
-                flat = both.permute(2, 1, 0).reshape(w, h * 2 * k)
-                resized.append(
-                    (col[first:last] @ flat).view(last - first, h, 2 * k) * weights[b, t]
-                )
-            stacked = torch.cat(resized, 1)  # (columns, S, 2k)
-            pair_sums.baddbmm_(stacked[:, :, :k], stacked[:, :, k:].transpose(1, 2))
-        # map[i, j] = sum_{a,b} R[i,a] Z[j,a,b] R[i,b]
-        maps[b, :, first:last] = (torch.matmul(rows, pair_sums) * rows).sum(-1).T
+    for first_image in range(0, batch, images):
+        pictures = slice(first_image, min(first_image + images, batch))
+        for first in range(0, width, block):
+            columns = slice(first, min(first + block, width))
+            maps[pictures, :, columns] = _fuse_block(
+                activations, gradients, cols, weighted_rows, bands, pictures, columns, chunk
+            )
     return maps.clamp_(min=0)
+
+
+def _fuse_block(activations, gradients, cols, weighted_rows, bands, pictures, columns, chunk):
+    """The maps (n, H, columns) of the images ``pictures`` over the output ``columns``."""
+    n_images = pictures.stop - pictures.start
+    n_columns = columns.stop - columns.start
+    channels = activations[0].shape[1]
+    device = activations[0].device
+    # Z per band, laid out (columns x images, S_band, S_band): one batched product each.
+    pair_sums = [
+        torch.zeros(n_columns * n_images, band.count, band.count, device=device) for band in bands
+    ]
+    for start in range(0, channels, chunk):
+        k = min(start + chunk, channels) - start
+        # Column step per scale for every image at once, activations and gradients apart,
+        # laid out (columns, images, h_t, k): channels innermost, so that a band's rows of
+        # every scale, gathered, are contiguous matrices for bmm.
+        resized = [
+            [_resize_columns(t[pictures, start : start + k], col[columns]) for t in (a, g)]
+            for a, g, col in zip(activations, gradients, cols, strict=True)
+        ]
+        for pair_sum, band in zip(pair_sums, bands, strict=True):
+            x, y = (
+                torch.cat(
+                    [
+                        r[side][:, :, low:high]
+                        for r, (low, high) in zip(resized, band.ranges, strict=True)
+                    ],
+                    2,
+                ).flatten(0, 1)
+                for side in (0, 1)
+            )
+            pair_sum.baddbmm_(x, y.transpose(1, 2))
+    maps = torch.empty(n_images, weighted_rows.shape[1], n_columns, device=device)
+    for pair_sum, band in zip(pair_sums, bands, strict=True):
+        rows = weighted_rows[pictures, band.first : band.last].index_select(2, band.index)
+        pair_sum = pair_sum.view(n_columns, n_images, band.count, band.count)
+        # map[b, i, j] = sum_{a,c} R_b[i,a] Z[j,b,a,c] R_b[i,c]
+        product = (torch.matmul(rows, pair_sum) * rows).sum(-1)  # (columns, n, band rows)
+        maps[:, band.first : band.last] = product.permute(1, 2, 0)
+    return maps
+
+
+def _resize_columns(grids: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(n, k, h, w) grids resized along w by the (columns, w) matrix: (columns, n, h, k)."""
+    n, k, h, w = grids.shape
+    flat = grids.permute(3, 0, 2, 1).reshape(w, n * h * k)  # a copy of the small grids
+    return (columns @ flat).view(columns.shape[0], n, h, k)
+
+
+@dataclass(frozen=True)
+class _Band:
+    """Output rows ``first:last``, the source rows (low, high) of each scale they read,
+    and those rows' places in the stacked row matrix (``index``)."""
+
+    first: int
+    last: int
+    ranges: tuple[tuple[int, int], ...]
+    index: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return sum(high - low for low, high in self.ranges)
+
+
+# Band heights tried on the CPU; the cheapest by ``S_band * (S_band + _COPY_COST)`` summed
+# over bands is taken: Z's products, plus the copy that gathers a band's rows, which costs
+# about as much per row as 64 rows of products (measured on the CPU, one thread: at
+# 224 x 224 bands of 32-64 rows took ~0.75x the time of one band, bands of 8 ~1.5x).
+_BAND_HEIGHTS = (8, 12, 16, 24, 32, 48, 64, 96)
+_COPY_COST = 64
+
+
+@functools.lru_cache(maxsize=256)
+def _row_bands(
+    grids: tuple[tuple[int, float | None], ...], height: int, split: bool
+) -> tuple[_Band, ...]:
+    """The ``height`` output rows cut into bands for the fusion (on the CPU; one band
+    unless ``split``). grids: per scale, its rows h_t and the part of the output they
+    cover (``interpolation_matrix``); a band reads the source rows with a weight in one of
+    its rows.
+
+    Z costs S_band^2 per column and channel: bands of ~40 rows read ~40 of S ~ 140 source
+    rows (bilinear weights reach two rows per scale), under half the arithmetic of one
+    band. On a GPU the arithmetic is cheap and every band is more kernel launches."""
+    rows = [_matrix_cpu(n_in, height, covered) for n_in, covered in grids]
+    whole = (_band(rows, 0, height),)
+    if not split:
+        return whole
+    best, best_cost = whole, whole[0].count * (whole[0].count + _COPY_COST)
+    for band_height in _BAND_HEIGHTS:
+        if band_height >= height:
+            break
+        bands = tuple(
+            _band(rows, first, min(first + band_height, height))
+            for first in range(0, height, band_height)
+        )
+        cost = sum(band.count * (band.count + _COPY_COST) for band in bands)
+        if cost < best_cost:
+            best, best_cost = bands, cost
+    return best
+
+
+def _band(rows: list[torch.Tensor], first: int, last: int) -> _Band:
+    """The band of output rows ``first:last``: per scale, the first and last source row
+    with a weight there (bilinear weights touch a contiguous run of rows)."""
+    ranges, index, offset = [], [], 0
+    for matrix in rows:
+        touched = (matrix[first:last] != 0).any(0).nonzero()[:, 0]
+        low, high = (int(touched[0]), int(touched[-1]) + 1) if len(touched) else (0, 0)
+        ranges.append((low, high))
+        index.append(torch.arange(low, high) + offset)
+        offset += matrix.shape[1]
+    return _Band(first, last, tuple(ranges), torch.cat(index))
+
+
+def _matrix_cpu(n_in: int, n_out: int, covered: float | None) -> torch.Tensor:
+    """``interpolation_matrix`` on the CPU, from the cache."""
+    if covered is None or covered == 1:
+        return _interpolation_matrix_cpu(n_in, n_out)
+    return _covering_matrix_cpu(n_in, n_out, float(covered))
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..core.precision import DEFAULT_PRECISION, check_precision
 from .base import Explanation, SaliencyMethod, ScaleRecord
 from .cameras import CAMERAS, default_scales
 from .gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -38,17 +39,23 @@ def build_method(
     scales: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     rule: str | None = None,
+    precision: str = DEFAULT_PRECISION,
     **options,
 ) -> SaliencyMethod:
     """The method ``name`` (a key of METHODS) for ``model``: the one place a method is
     constructed (``Session.method``, the ``cameras.keras`` names and the Ray actors all
     come here). ``scales`` and the scale ``rule`` apply to CAMERAS only (the baselines run
     at the input's own size) and are ignored by the others. options: the method's other
-    arguments (``backend``, ``reshape_transform``, CAMERAS's ``strict``)."""
+    arguments (``backend``, ``reshape_transform``, CAMERAS's ``strict``). precision:
+    ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``, every method (``core.precision``)."""
     check_method_names([name])
+    check_precision(precision)  # before the layer probe: a typo fails at once
     if name == CAMERAS.name:
         options.update(scales=scales, rule=rule)
-    return METHODS[name](model, layer=layer, class_names=class_names, **options)
+    method = METHODS[name](model, layer=layer, class_names=class_names, **options)
+    # Set here, not passed on: the methods' own constructors do not take it (yet).
+    method.precision = check_precision(precision, method.backend.name)
+    return method
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from ..core.budget import PassCost
 from ..core.capture import LayerCapture, LayerSpec, autograd_enabled
 from ..core.classes import class_index, class_names_for
 from ..core.fusion import normalise_maps
+from ..core.precision import DEFAULT_PRECISION, autocast_for, check_precision
 from ..core.targets import Class, PerImage, Target, as_target
 
 
@@ -117,10 +118,13 @@ class SaliencyMethod:
         class_names: Sequence[str] | None = None,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         backend=None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         from ..backends import backend_for
 
         self.backend = backend if backend is not None else backend_for(model)
+        # "bf16" / "fp16": the model's passes run under autocast (core/precision.py).
+        self.precision = check_precision(precision, self.backend.name)
         self.model = model
         self.layer_name, self.layer = self.backend.resolve_layer(layer)
         if class_names is None:
@@ -147,7 +151,7 @@ class SaliencyMethod:
         with autograd_enabled():
             x, source = backend.input_batch(x)
             wanted = self._check_targets(targets, x.shape[0])
-            with self._open_capture() as capture:
+            with self._open_capture() as capture, autocast_for(self.precision, x.device):
                 maps, used, scales, probabilities = self._explain(capture, x, wanted)
             return Explanation(
                 maps=backend.output(normalise_maps(maps.float()), source),
