@@ -38,9 +38,8 @@ def add_parser(subparsers) -> None:
         "classes. With --class C the files are OUT/<stem>_<method>_class<C's index>.png "
         "and .npy, so they never replace the top-1 map's; --box, --mask and --classes add "
         "their own tag (_box10-20-110-220, _region15-<mask>, _classes3+7). A file left in "
-        "OUT by a run "
-        "with another model, weights, layer, method, scales, rule or class is not replaced "
-        "without --overwrite.",
+        "OUT by a run with another model, weights, layer, method, scales, rule, precision or "
+        "class is not replaced without --overwrite.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     parser.add_argument(
@@ -110,9 +109,10 @@ def run_identity(args: argparse.Namespace, method, target: str) -> str:
     chosen = target
     # Only when given, so the files of a run without it still match for --resume.
     letterbox = f" input-size={args.input_size}" if args.input_size is not None else ""
+    precision = f" precision={args.precision}" if args.precision != "fp32" else ""
     return (
         f"model={args.model}{weights} layer={method.layer_name} method={method.name} "
-        f"scales={scales} rule={args.rule or 'default'} class={chosen}{letterbox}"
+        f"scales={scales} rule={args.rule or 'default'} class={chosen}{letterbox}{precision}"
     )
 
 

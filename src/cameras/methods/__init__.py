@@ -52,10 +52,9 @@ def build_method(
     check_precision(precision)  # before the layer probe: a typo fails at once
     if name == CAMERAS.name:
         options.update(scales=scales, rule=rule)
-    method = METHODS[name](model, layer=layer, class_names=class_names, **options)
-    # Set here, not passed on: the methods' own constructors do not take it (yet).
-    method.precision = check_precision(precision, method.backend.name)
-    return method
+    return METHODS[name](
+        model, layer=layer, class_names=class_names, precision=precision, **options
+    )
 
 
 __all__ = [

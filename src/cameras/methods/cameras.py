@@ -11,6 +11,7 @@ from torch import nn
 from ..core.budget import capped_size, check_call, is_extreme, nominal_side
 from ..core.capture import LayerCapture, LayerSpec
 from ..core.fusion import fuse_scales
+from ..core.precision import DEFAULT_PRECISION, keep_layout
 from ..core.targets import Target
 from .base import SaliencyMethod, probabilities_of, scale_records, scale_row, target_or_top1
 
@@ -96,7 +97,8 @@ def resize_to_scale(x: torch.Tensor, scale: int) -> torch.Tensor:
     size = resize_to_scale_size(height, width, scale)
     if size == (height, width):
         return x
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    # A channels_last input stays channels_last on every device (core.precision).
+    return keep_layout(F.interpolate(x, size=size, mode="bicubic", align_corners=False), x)
 
 
 class CAMERAS(SaliencyMethod):
@@ -112,6 +114,7 @@ class CAMERAS(SaliencyMethod):
         that rule with or without a class.
     strict: older spelling: True is ``rule="top1"``, False is ``rule="all"``.
     backend: a ``cameras.backends`` backend for ``model`` (None: picked from its type).
+    precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (``core.precision``).
     """
 
     name = "cameras"
@@ -126,8 +129,9 @@ class CAMERAS(SaliencyMethod):
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         rule: str | None = None,
         backend=None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
-        super().__init__(model, layer, class_names, reshape_transform, backend)
+        super().__init__(model, layer, class_names, reshape_transform, backend, precision)
         if scales is not None:
             if any(s != int(s) for s in scales):  # 64.5 would run at 64, silently
                 raise ValueError(f"scales must be whole numbers of pixels, got {list(scales)}")

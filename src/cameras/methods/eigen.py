@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.precision import DEFAULT_PRECISION
 from .smoothing import SmoothableCAM, first_component, signed_projection
 
 KERNELS = ("sigmoid", "rbf", "linear", "poly", "cosine")
@@ -66,8 +67,17 @@ class KPCACAM(SmoothableCAM):
         kernel: str = "sigmoid",
         gamma: float | None = None,
         backend=None,
+        precision: str = DEFAULT_PRECISION,
     ):
-        super().__init__(model, layer, class_names, reshape_transform, aug_smooth, backend=backend)
+        super().__init__(
+            model,
+            layer,
+            class_names,
+            reshape_transform,
+            aug_smooth,
+            backend=backend,
+            precision=precision,
+        )
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
         self.kernel, self.gamma = kernel, gamma

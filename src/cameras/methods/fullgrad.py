@@ -33,6 +33,7 @@ from ..core.capture import (
     model_input,
     widened,
 )
+from ..core.precision import DEFAULT_PRECISION
 from ..core.targets import Target, class_scores_or_none
 from .base import (
     SaliencyMethod,
@@ -139,7 +140,15 @@ class FullGrad(SaliencyMethod):
 
     name = "fullgrad"
 
-    def __init__(self, model, layer=None, class_names=None, reshape_transform=None, backend=None):
+    def __init__(
+        self,
+        model,
+        layer=None,
+        class_names=None,
+        reshape_transform=None,
+        backend=None,
+        precision: str = DEFAULT_PRECISION,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"fullgrad needs every bias gradient and runs on PyTorch models only, not on "
@@ -149,7 +158,7 @@ class FullGrad(SaliencyMethod):
             raise ValueError("fullgrad needs Conv2d or BatchNorm2d layers with a bias; none found")
         # The backend checks a given layer name (a misspelt one is an error, as elsewhere);
         # the map itself reads every bias layer.
-        super().__init__(model, layer, class_names, reshape_transform, backend)
+        super().__init__(model, layer, class_names, reshape_transform, backend, precision)
         self.layer_name, self.layer = "all bias layers", model
 
     def _open_capture(self) -> FullGradCapture:

@@ -18,6 +18,7 @@ import torch
 
 from ..core.capture import LayerSpec
 from ..core.fusion import resize_grid
+from ..core.precision import DEFAULT_PRECISION
 from .smoothing import SmoothableCAM
 
 # Forward passes from which the progress bar shows (on a terminal; never in a pipe).
@@ -36,9 +37,17 @@ class _PerturbationCAM(SmoothableCAM):
         batch_size: int = 32,
         progress: bool | None = None,
         backend=None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         super().__init__(
-            model, layer, class_names, reshape_transform, aug_smooth, eigen_smooth, backend
+            model,
+            layer,
+            class_names,
+            reshape_transform,
+            aug_smooth,
+            eigen_smooth,
+            backend,
+            precision,
         )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -22,6 +22,7 @@ import torch
 from ..core.budget import check_call, nominal_side
 from ..core.capture import LayerSpec
 from ..core.fusion import normalise_maps, resize_grid
+from ..core.precision import DEFAULT_PRECISION
 from .base import SaliencyMethod, probabilities_of, scale_records, scale_row, target_or_top1
 
 # Test-time augmentations, in pytorch-grad-cam's (ttach's) order: (mirrored, factor).
@@ -67,8 +68,9 @@ class SmoothableCAM(SaliencyMethod):
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
         backend=None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
-        super().__init__(model, layer, class_names, reshape_transform, backend)
+        super().__init__(model, layer, class_names, reshape_transform, backend, precision)
         if eigen_smooth and not self.eigen_smoothable:
             raise ValueError(f"eigen_smooth does not apply to {self.name}: its map is no sum")
         self.aug_smooth = bool(aug_smooth)
