@@ -86,7 +86,9 @@ def measure_cli(rounds: int, old_src: str) -> None:
                 environment = {**os.environ, "PYTHONPATH": source}
                 started = time.perf_counter()
                 subprocess.run(command, env=environment, check=True, capture_output=True)
-                best[name] = min(best[name], time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                best[name] = min(best[name], seconds)
+                print(f"round {round_number + 1}, {name}: {seconds:.1f} s", flush=True)
         print(f"cameras explain FOLDER, {count} photos of mixed sizes, best of {rounds}")
         for name, seconds in best.items():
             print(f"{name}: {seconds:.1f} s, {count / seconds:.3f} images/s")
