@@ -442,8 +442,8 @@ def test_ablation_runs_the_layers_before_the_explained_one_once_per_batch(networ
             handle.remove()
     assert front == [1, 1, 1, 1] and head == [1, 1, 10, 6]  # probe, capture, 16 channels
     repeated = AblationCAM(model, layer="features.5", batch_size=10)
-    repeated._ablated_scores = lambda capture, image, mask: capture.scores(
-        image.expand(mask.shape[0], -1, -1, -1), mask
+    repeated._ablated_scores = lambda capture, image, mask, target: capture.target_scores(
+        image.expand(mask.shape[0], -1, -1, -1), target, tuple(image.shape[2:]), mask
     )
     torch.testing.assert_close(widened, repeated(x, targets=3).maps, atol=1e-5, rtol=0)
 
