@@ -23,6 +23,22 @@ def oracle_resize(image: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(image, size=(new_h, new_w), mode="bicubic", align_corners=False)
 
 
+def forward_recording(model, layer, scaled):
+    """The model's output for ``scaled`` and ``{"a": the layer's output}`` (with its graph:
+    gradients are taken with respect to it)."""
+    store = {}
+
+    def hook(_module, _inputs, output):
+        store["a"] = output
+        return output.clone()  # keep the recorded tensor safe from in-place ops
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        return model(scaled), store
+    finally:
+        handle.remove()
+
+
 def oracle_cameras(model, layer, image, scales, target=None, rule=None):
     """CAMERAS map for one image (1, 3, H, W) -> ((H, W) map in [0, 1], target, kept scales).
 
@@ -35,17 +51,7 @@ def oracle_cameras(model, layer, image, scales, target=None, rule=None):
     up_acts, up_grads, kept = [], [], []
     for scale in scales:
         scaled = oracle_resize(image, scale).detach().requires_grad_(True)
-        store = {}
-
-        def hook(_module, _inputs, output, store=store):
-            store["a"] = output
-            return output.clone()  # keep the recorded tensor safe from in-place ops
-
-        handle = layer.register_forward_hook(hook)
-        try:
-            logits = model(scaled)
-        finally:
-            handle.remove()
+        logits, store = forward_recording(model, layer, scaled)
         logits = getattr(logits, "logits", logits)
         if target is None:
             target = int(logits[0].argmax())
@@ -122,17 +128,7 @@ def oracle_token_cameras(
     up_acts, up_grads, kept = [], [], []
     for scale in scales:
         scaled = oracle_resize(image, scale).detach().requires_grad_(True)
-        store = {}
-
-        def hook(_module, _inputs, output, store=store):
-            store["a"] = output
-            return output.clone()
-
-        handle = layer.register_forward_hook(hook)
-        try:
-            logits = model(scaled)
-        finally:
-            handle.remove()
+        logits, store = forward_recording(model, layer, scaled)
         logits = getattr(logits, "logits", logits)
         if target is None:
             target = int(logits[0].argmax())
@@ -165,17 +161,7 @@ def oracle_target_cameras(model, layer, image, scales, score_of, single_scale_gr
     up_acts, up_grads, kept, scores = [], [], [], []
     for scale in scales:
         scaled = oracle_resize(image, scale).detach().requires_grad_(True)
-        store = {}
-
-        def hook(_module, _inputs, output, store=store):
-            store["a"] = output
-            return output.clone()
-
-        handle = layer.register_forward_hook(hook)
-        try:
-            output = model(scaled)
-        finally:
-            handle.remove()
+        output, store = forward_recording(model, layer, scaled)
         score, present = score_of(output, tuple(scaled.shape[-2:]), (height, width))
         scores.append(float(score.detach()))
         if not present:
