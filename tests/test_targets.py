@@ -18,6 +18,7 @@ from helpers import (
     model_state,
 )
 from oracle import oracle_target_cameras
+from torch import nn
 
 import cameras
 from cameras.core.targets import as_target
@@ -341,3 +342,25 @@ def test_a_session_explains_any_target(models):
     assert result.target_labels == ["region of class 1"]
     assert result.probabilities is None
     assert result.scales[0][0].top1 is None
+
+
+def test_an_embedding_model_is_explained_with_no_glue():
+    # A torchvision ResNet-18 whose head is removed returns (B, 512) embeddings: the layer
+    # is found on its own (layer4) and Similarity explains it, as the reference does.
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    model.fc = nn.Identity()
+    image = _image(11, (64, 80))
+    with torch.no_grad():
+        reference = model(_image(12, (64, 80)))[0]
+    explainer = build_method("cameras", model, scales=[64, 96])
+    assert explainer.layer_name == "layer4"
+    result = explainer(image, targets=Similarity(reference))
+    expected, kept, scores = oracle_target_cameras(
+        model, model.layer4, image, [64, 96], plain_similarity(reference)
+    )
+    assert kept == [64, 96]
+    assert (result.maps[0] - expected).abs().max() <= TOLERANCE
+    assert [r.score for r in result.scales[0]] == pytest.approx(scores, abs=1e-5)
