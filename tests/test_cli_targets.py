@@ -454,6 +454,8 @@ def test_explain_writes_a_box_map_tagged_with_the_box(photo_file, tmp_path, caps
     assert "top-5" not in stderr + _  # a detector has no class scores to rank
     kept = [r.scale for r in expected.scales[0] if r.kept]
     assert f"scales kept {kept}" in stderr + _
+    shown = ",".join(f"{float(v):g}" for v in typed.split(","))
+    assert f"cameras map for box {shown} {LABELS[label]} ({label})," in stderr + _
 
 
 def test_explain_writes_a_region_map_and_a_multi_label_map(photo_file, tmp_path, capsys):

@@ -185,19 +185,23 @@ def test_each_target_matches_the_plain_reference(models, kind, method, sizes):
 def test_a_box_no_detection_matches_at_a_scale_is_reported_absent_there(models):
     model = models["box"]
     image = _image(3, (64, 64))
-    # The 2x2-cell box of cell (0, 0) at 64 px: 32 px wide. At 96 px the grid's cells map
-    # back to 21.3 px boxes, which overlap it by less than half.
-    box = [0.0, 0.0, 32.0, 32.0]
+    # The 2x2-cell box of cell (0, 0) at 64 px (stride 4): [0, 0, 8, 8]. At 96 and 128 px
+    # the cells' boxes map back to 5.3 and 4 px squares, which overlap it by less than half.
+    box = [0.0, 0.0, 8.0, 8.0]
     explainer = build_method("cameras", model, layer="act", scales=[64, 96, 128])
     result = explainer(image, targets=Box(box))
     expected, kept, scores = oracle_target_cameras(
         model, model.act, image, [64, 96, 128], plain_box(box, None)
     )
     assert [r.kept for r in result.scales[0]] == [s in kept for s in (64, 96, 128)]
-    assert not all(r.kept for r in result.scales[0]), "every scale matched: nothing tested"
+    assert kept == [64], "the box should match at the input's size only"
     assert (result.maps[0] - expected).abs().max() <= TOLERANCE
     absent = [r for r in result.scales[0] if not r.kept]
     assert all(r.score == 0 for r in absent)
+    assert result.scale_warnings[0].startswith("the target was present at only 1 of 3 scales")
+    # A box far larger than every detection (8 px at most): absent everywhere, said so.
+    nowhere = explainer(image, targets=Box([10.0, 10.0, 50.0, 50.0])).scale_warnings[0]
+    assert nowhere.startswith("the target is absent at every scale")
 
 
 def test_a_region_whose_class_is_elsewhere_drops_the_scales_where_it_is_absent(models):

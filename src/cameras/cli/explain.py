@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..apps.photo_targets import PhotoTarget, target_file_tag, target_identity
 from ..run.jobs import explain_local, save_explanations
@@ -124,6 +125,18 @@ def pending_tasks(tasks: list, writer: ImageWriter) -> list:
     return pending
 
 
+def photo_target_label(target: PhotoTarget, session) -> str:
+    """What a report line says was explained: "box 10,20,110,220 cat (17)", "region of
+    person (15) in mask.png", "classes tabby (281) + tiger cat (282)"."""
+    if target.classes is not None:
+        return "classes " + " + ".join(session.class_label(c) for c in target.classes)
+    named = "" if target.label is None else f" {session.class_label(target.label)}"
+    if target.box is not None:
+        return "box " + ",".join(f"{v:g}" for v in target.box) + named
+    mask = Path(target.mask_file).name if target.mask_file else "the mask"
+    return f"region of{named} in {mask}"
+
+
 def format_top5(pairs: list[tuple[int, float]], session) -> str:
     return ", ".join(f"{session.class_label(i)} {p:.3f}" for i, p in pairs)
 
@@ -176,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(result.target, int):
             label = session.class_label(result.target)
         else:
-            label = target_identity(target).replace("=", " ")
+            label = photo_target_label(target, session)
         note(f"  {method.name} map for {label}, scales kept {result.kept} -> {png}")
         if result.warning:
             note(f"  warning: {result.warning}", error=True)

@@ -73,19 +73,35 @@ class Explanation:
     @property
     def scale_warnings(self) -> list[str | None]:
         """Per image, one line when fewer than half of its scales counted (else None)."""
-        return [few_scales_warning(records) for records in self.scales]
+        return [
+            few_scales_warning(records, isinstance(target, int))
+            for records, target in zip(self.scales, self.targets, strict=True)
+        ]
 
 
-def few_scales_warning(records: Sequence[ScaleRecord]) -> str | None:
+def few_scales_warning(records: Sequence[ScaleRecord], class_target: bool = True) -> str | None:
     """A one-line warning, saying what to do, when fewer than half of the scales counted.
 
     Such a map is close to a single-scale one: the class left the scale rule's top ranks
     at the larger sizes. Passing the class keeps every scale (the authors' code), and
-    fewer, smaller scales change the prediction less.
+    fewer, smaller scales change the prediction less. For a target that is not one class
+    (a box, a region, ...) the scales dropped are those where it was absent; where it is
+    absent at every scale, even a single-scale method's map explains nothing.
     """
     kept = sum(record.kept for record in records)
+    if not class_target and kept == 0:
+        return (
+            "the target is absent at every scale (no detection matches the box, or the "
+            "class does not hold the region), so the map explains nothing; check the box, "
+            "mask and class against what the model sees"
+        )
     if len(records) < 2 or 2 * kept >= len(records):
         return None
+    if not class_target:
+        return (
+            f"the target was present at only {kept} of {len(records)} scales, so the map is "
+            "close to a single-scale one; fewer, smaller scales (--scales) may keep more"
+        )
     return (
         f"only {kept} of {len(records)} scales counted (the class left the model's top ranks "
         "at larger sizes), so the map is close to a single-scale one; pass the class to keep "
