@@ -173,7 +173,11 @@ def check_call(
     scale, (height, width) = scales[count - 1], sizes[count - 1]
     needed = cost.call_bytes(pixel_counts[:count], batch)
     fits = largest_fitting_scale(cost, pixel_counts[: count - 1], width / height, batch, budget)
-    hint = f"scales up to about {fits} fit" if fits else "no scale fits"
+    hint = (
+        f"scales up to about {fits} fit: pass smaller scales (scales=, --scales)"
+        if fits
+        else "no scale fits"
+    )
     images = f" for a batch of {batch}" if batch > 1 else ""
     raise MemoryBudgetError(
         f"scale {scale} ({height} x {width} pixels) needs about {_size(needed)}{images} for "
