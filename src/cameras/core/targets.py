@@ -212,6 +212,7 @@ class Classes(Target):
             raise ClassError("Classes takes a non-empty list of classes, e.g. Classes([3, 7])")
         self.classes = list(classes)
         self.indices: torch.Tensor | None = None  # (n,)
+        self._checked = False
 
     def bind(self, batch: int, class_names: Sequence[str] | None) -> Classes:
         bound = Classes(self.classes)
@@ -229,7 +230,9 @@ class Classes(Target):
         logits = logits_of(output)
         if self.indices.device != logits.device:
             self.indices = self.indices.to(logits.device)
-        check_indices(self.indices, logits.shape[1])
+        if not self._checked:  # once per call: a range check reads the device
+            check_indices(self.indices, logits.shape[1])
+            self._checked = True
         return _everywhere(logits[:, self.indices].sum(1))
 
     def for_image(self, image: int, count: int) -> Classes:
