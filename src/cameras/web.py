@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from .apps import detection
 from .apps.viz import save_map
 from .core.budget import MemoryBudgetError
-from .core.classes import ClassError, class_index, class_label
+from .core.classes import ClassError, class_index
 from .core.images import ImageError, load_image
 from .core.targets import Box, Target
 from .methods import METHODS, SaliencyMethod, default_scales
@@ -503,8 +503,7 @@ def box_target(
             raise WebError(str(error)) from None
     in_width, in_height = session.prep.resized_size(*state["image"].size)
     target = Box(detection.box_in_input(corners, (height, width), (in_height, in_width)), index)
-    named = "" if index is None else f" {class_label(index, session.class_names)}"
-    return target, f"box {detection.box_text(corners)}{named}"
+    return target, detection.box_label(corners, index, session.class_names)
 
 
 def build_app(

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..core import families
 from ..core.capture import eval_mode, model_device, model_dtype
+from ..core.classes import class_label
 
 # The side of the blank image that asks an unknown model what it returns.
 _PROBE_SIDE = 64
@@ -96,6 +97,13 @@ def check_inside(box: PhotoBox, photo_size: tuple[int, int]) -> None:
 def box_text(box: PhotoBox) -> str:
     """(10.0, 20.5, 110.0, 220.0) -> "10,20.5,110,220" (what ``parse_box`` reads)."""
     return ",".join(f"{v:g}" for v in box)
+
+
+def box_label(box: PhotoBox, index: int | None, class_names) -> str:
+    """How every face names a box it explains, in the photo's pixels as typed:
+    "box 10,20,110,220 cat (17)", or "box 10,20,110,220" with no label."""
+    named = "" if index is None else f" {class_label(index, class_names)}"
+    return f"box {box_text(box)}{named}"
 
 
 def top_detections(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[tuple[int, float, tuple]]:

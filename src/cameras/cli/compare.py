@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..apps.detection import box_text
+from ..apps.detection import box_label
 from ..apps.viz import Panel, comparison_figure, difference_map, save_figure
-from ..core.classes import ClassError, class_label
+from ..core.classes import ClassError
 from ..core.images import ImageError, load_image
 from ..core.targets import Classes
 from ..methods import METHODS
@@ -196,8 +196,7 @@ def _labels(args, session: Session, result) -> list[str]:
     labels = list(result.target_labels)
     if args.box is not None:
         index = getattr(result.targets[0], "index", None)
-        named = "" if index is None else f" {class_label(index, session.class_names)}"
-        labels[0] = f"box {box_text(parse_box(args.box))}{named}"
+        labels[0] = box_label(parse_box(args.box), index, session.class_names)
     return labels
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..apps.detection import box_label
 from ..apps.photo_targets import PhotoTarget, target_file_tag, target_identity
 from ..run.jobs import explain_local, save_explanations
 from ..run.letterbox import Letterbox
@@ -130,11 +131,10 @@ def photo_target_label(target: PhotoTarget, session) -> str:
     person (15) in mask.png", "classes tabby (281) + tiger cat (282)"."""
     if target.classes is not None:
         return "classes " + " + ".join(session.class_label(c) for c in target.classes)
-    named = "" if target.label is None else f" {session.class_label(target.label)}"
     if target.box is not None:
-        return "box " + ",".join(f"{v:g}" for v in target.box) + named
+        return box_label(target.box, target.label, session.class_names)
     mask = Path(target.mask_file).name if target.mask_file else "the mask"
-    return f"region of{named} in {mask}"
+    return f"region of {session.class_label(target.label)} in {mask}"
 
 
 def format_top5(pairs: list[tuple[int, float]], session) -> str:
